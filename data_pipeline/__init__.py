@@ -1,0 +1,1 @@
+"""Apache Beam preprocessing: raw image-text data -> ArrayRecord shards."""

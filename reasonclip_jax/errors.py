@@ -1,0 +1,31 @@
+"""User-facing errors: one clear line and a non-zero exit, never a traceback.
+
+Raise `UserError` for anything a user can cause (bad path, bad flag, mismatched
+weights). Command-line entry points wrap their main in `exit_on_user_error`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserError(Exception):
+    """An error caused by user input; its message is the whole explanation."""
+
+
+def exit_on_user_error(main: F) -> F:
+    """Decorator for CLI mains: a `UserError` prints `error: MESSAGE` and exits with 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
