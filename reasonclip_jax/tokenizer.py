@@ -1,0 +1,185 @@
+"""OpenAI CLIP's byte-level BPE tokenizer: the ids of OpenAI's `simple_tokenizer.py`, faster.
+
+Text is cleaned as OpenAI does (`ftfy.fix_text`, `html.unescape` twice, whitespace collapsed,
+stripped, lower-cased), split by the same regex, byte-encoded and merged with the 48,894 BPE
+merges of `bpe_simple_vocab_16e6.txt.gz` (vocabulary 49,408). A row is
+`[49406, ids..., 49407, 0, 0, ...]`; a text too long keeps its first `context_length - 1`
+tokens and ends with 49407, as `open_clip.tokenize` does. Any context length works: 77 for
+CLIP, 64 for SigLIP-style towers.
+
+Why it is fast (tens of millions of captions in preprocessing), with the same ids:
+  - BPE results are kept per word in an LRU cache, and a miss merges with a rank dict;
+  - ASCII text free of `&` and control characters is a fixed point of ftfy and of
+    `html.unescape`, so it skips both;
+  - text that is ASCII once cleaned is split by an ASCII-only stdlib `re` pattern that
+    matches exactly what the Unicode pattern matches on such text.
+Everything else goes through OpenAI's path unchanged.
+
+Try it:
+
+    python -c "from reasonclip_jax import tokenizer as t; print(t.tokenize('a photo of a cat', 16))"
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import html
+import itertools
+import os
+import re
+from collections.abc import Iterable, Sequence
+
+import ftfy
+import numpy as np
+import regex
+
+VOCAB_PATH = os.path.join(os.path.dirname(__file__), "bpe_simple_vocab_16e6.txt.gz")
+NUM_MERGES = 49152 - 256 - 2  # CLIP uses the first 48,894 merges of the file.
+CLIP_CONTEXT_LENGTH = 77
+START_OF_TEXT_ID = 49406
+END_OF_TEXT_ID = 49407
+# How the start/end tokens are spelled; text containing the spelling maps to their ids.
+OPENAI_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+OPEN_CLIP_SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
+
+_END_OF_WORD = "</w>"
+# OpenAI's pre-tokenisation, after its special tokens.
+_WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+# The same pattern on cleaned ASCII text (lower case, no whitespace but " "): there \p{L} is
+# [a-z], \p{N} is [0-9], \s is " ", and stdlib `re` is twice as fast as `regex`.
+_ASCII_WORD_PATTERN = r"""'(?:s|t|re|ve|m|ll|d)|[a-z]+|[0-9]|[^ a-z0-9]+"""
+# Printable ASCII without "&", plus tab, newline and carriage return. ftfy leaves such text
+# alone except for turning "\r" into "\n", which the whitespace collapse erases anyway.
+_SKIPS_FTFY_AND_HTML = re.compile(r"[\t\n\r\x20-\x25\x27-\x7e]*")
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """OpenAI's byte -> printable character map; its order is the order of the base vocabulary."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    others = [b for b in range(256) if b not in printable]
+    chars = printable + [256 + n for n in range(len(others))]
+    return {b: chr(c) for b, c in zip(printable + others, chars, strict=True)}
+
+
+def clean(text: str) -> str:
+    """OpenAI's text cleanup: ftfy, HTML entities twice, whitespace collapsed, lower case."""
+    if _SKIPS_FTFY_AND_HTML.fullmatch(text):
+        return " ".join(text.split()).lower()
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.split()).lower()
+
+
+class Tokenizer:
+    """CLIP BPE over a merges file; `tokenizer(texts, context_length)` gives int32 rows."""
+
+    def __init__(
+        self,
+        vocab_path: str = VOCAB_PATH,
+        special_tokens: tuple[str, str] = OPENAI_SPECIAL_TOKENS,
+        word_cache_size: int = 2**18,
+    ):
+        for token in special_tokens:
+            if not (token.isascii() and token.isprintable() and token == token.lower()):
+                raise ValueError(f"special token {token!r} must be lower-case printable ASCII")
+        self._init_args = (vocab_path, special_tokens, word_cache_size)
+        byte_encoder = bytes_to_unicode()
+        with gzip.open(vocab_path) as f:
+            lines = f.read().decode("utf-8").split("\n")
+        merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
+        base = list(byte_encoder.values())
+        vocab = base + [c + _END_OF_WORD for c in base] + ["".join(m) for m in merges]
+        vocab += list(special_tokens)
+        self.encoder = {token: i for i, token in enumerate(vocab)}
+        self.decoder = dict(enumerate(vocab))
+        self.merge_ranks = {pair: rank for rank, pair in enumerate(merges)}
+        self.start_of_text_id = self.encoder[special_tokens[0]]
+        self.end_of_text_id = self.encoder[special_tokens[1]]
+        self._special_ids = {token: self.encoder[token] for token in special_tokens}
+        # str.translate of the latin-1 view of UTF-8 bytes applies the byte map in C.
+        self._byte_table = dict(byte_encoder)
+        self._byte_decoder = {c: b for b, c in byte_encoder.items()}
+        specials = "|".join(regex.escape(t) for t in special_tokens)
+        self._pattern = regex.compile(f"{specials}|{_WORD_PATTERN}", regex.IGNORECASE)
+        specials_ascii = "|".join(re.escape(t) for t in special_tokens)
+        self._ascii_pattern = re.compile(f"{specials_ascii}|{_ASCII_WORD_PATTERN}")
+        self.word_ids = functools.lru_cache(maxsize=word_cache_size)(self._word_ids_uncached)
+
+    def __reduce__(self):
+        # Rebuild from the file in worker processes instead of pickling the cache.
+        return (Tokenizer, self._init_args)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.encoder)
+
+    def bpe(self, word: str) -> list[str]:
+        """Merges a byte-encoded word: the lowest-ranked adjacent pair, all of it, until none."""
+        symbols = [*word[:-1], word[-1] + _END_OF_WORD]
+        ranks = self.merge_ranks
+        while len(symbols) > 1:
+            pairs = itertools.pairwise(symbols)
+            rank, first, second = min((ranks.get(p, NUM_MERGES), *p) for p in pairs)
+            if rank == NUM_MERGES:
+                break
+            merged, i, n = [], 0, len(symbols)
+            while i < n:
+                if i < n - 1 and symbols[i] == first and symbols[i + 1] == second:
+                    merged.append(first + second)
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            symbols = merged
+        return symbols
+
+    def _word_ids_uncached(self, word: str) -> tuple[int, ...]:
+        if word in self._special_ids:
+            return (self._special_ids[word],)
+        encoded = word.encode("utf-8").decode("latin-1").translate(self._byte_table)
+        return tuple(self.encoder[s] for s in self.bpe(encoded))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of one text, without start/end tokens (OpenAI's `encode`)."""
+        text = clean(text)
+        pattern = self._ascii_pattern if text.isascii() else self._pattern
+        return list(itertools.chain.from_iterable(map(self.word_ids, pattern.findall(text))))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ids, word ends as spaces (OpenAI's `decode`); strip padding zeros first."""
+        chars = "".join(self.decoder[int(i)] for i in ids)
+        data = bytearray(self._byte_decoder[c] for c in chars)
+        return data.decode("utf-8", errors="replace").replace(_END_OF_WORD, " ")
+
+    def __call__(
+        self, texts: str | Sequence[str], context_length: int = CLIP_CONTEXT_LENGTH
+    ) -> np.ndarray:
+        """Int32 [len(texts), context_length]: start, ids, end, zeros; long texts keep end last."""
+        if context_length < 1:
+            raise ValueError(f"context_length must be >= 1, got {context_length}")
+        if isinstance(texts, str):
+            texts = [texts]
+        rows = np.zeros((len(texts), context_length), np.int32)
+        start, end = self.start_of_text_id, self.end_of_text_id
+        for row, text in zip(rows, texts, strict=True):
+            tokens = [start, *self.encode(text), end]
+            if len(tokens) > context_length:
+                tokens = tokens[:context_length]
+                tokens[-1] = end
+            row[: len(tokens)] = tokens
+        return rows
+
+
+@functools.cache
+def default_tokenizer() -> Tokenizer:
+    """The shared tokenizer over the vendored vocabulary, built on first use."""
+    return Tokenizer()
+
+
+def tokenize(texts: str | Sequence[str], context_length: int = CLIP_CONTEXT_LENGTH) -> np.ndarray:
+    """Int32 [len(texts), context_length] CLIP token ids; see `Tokenizer.__call__`."""
+    return default_tokenizer()(texts, context_length)
