@@ -326,9 +326,8 @@ class CLIP(nn.Module):
         if c.act not in ACTIVATIONS:
             raise UserError(f"unknown activation '{c.act}'; choose one of {sorted(ACTIVATIONS)}")
         if self.remat_policy not in REMAT_POLICIES:
-            raise UserError(
-                f"unknown remat policy '{self.remat_policy}'; choose one of {sorted(REMAT_POLICIES)}"
-            )
+            choices = sorted(REMAT_POLICIES)
+            raise UserError(f"unknown remat policy '{self.remat_policy}'; choose one of {choices}")
         self.visual = VisionTower(c, self.dtype, self.remat_policy)
         self.text = TextTower(c, self.dtype, self.remat_policy)
         self.logit_scale = self.param(
@@ -360,7 +359,9 @@ class CLIP(nn.Module):
         """Stage-2 head logits on normalised embeddings: (image [B,5], text [B,5])."""
         return self.image_category_head(image_embeds), self.text_category_head(text_embeds)
 
-    def __call__(self, images: Array | None = None, tokens: Array | None = None) -> dict[str, Array]:
+    def __call__(
+        self, images: Array | None = None, tokens: Array | None = None
+    ) -> dict[str, Array]:
         """L2-normalised embeddings of whichever inputs are given, and the log logit scale."""
         out: dict[str, Array] = {"logit_scale": self.logit_scale}
         if self.config.logit_bias_init is not None:

@@ -24,7 +24,7 @@ A shard directory holds `{split}-{shard:05d}-of-{N:05d}.array_record` files and 
 
 Reading needs neither Beam nor TensorFlow:
 
-    python -c "from reasonclip_jax import records; d = records.ShardDirectory('DIR'); print(d.read(0, 'train'))"
+    python -c "from reasonclip_jax import records; print(records.ShardDirectory('DIR').read(0))"
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import glob
 import json
 import os
 import struct
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from reasonclip_jax.errors import UserError
 
