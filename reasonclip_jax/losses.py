@@ -1,0 +1,435 @@
+"""Contrastive losses over the global batch: symmetric softmax InfoNCE and sigmoid (SigLIP).
+
+Inputs are L2-normalised image and text embeddings `img`, `txt` of shape (N, D) (row i of
+one is the positive of row i of the other) and a learnable log temperature `log_scale`:
+
+    logits  = exp(log_scale) * img @ txt.T                  (N x N)
+    softmax = 0.5 * (CE(logits, diag) + CE(logits.T, diag)), mean over the N rows
+    sigmoid = -sum(log_sigmoid(labels * (logits + bias))) / N, labels +1 on the diagonal, -1 off it
+
+Both are computed over the GLOBAL batch; every gradient is the exact gradient of that global
+mean (no per-device scaling). Two distributed implementations, sharded over the batch axes
+of the mesh (n = N / world rows per device):
+
+- `gather`: all-gather the other modality; each device holds local rows x global columns,
+  n x N logits (twice for softmax: images vs all texts, texts vs all images). Autodiff
+  keeps them for the backward pass.
+- `ring`: the text blocks travel around the batch devices with `ppermute`, one n x n logits
+  block per step; softmax carries an online log-sum-exp for rows (images) at home and for
+  columns (texts) with the travelling block, which comes home after `world` steps. The
+  backward pass is a second ring (a `custom_vjp`) that recomputes every block from the
+  embeddings and the saved log-sum-exps and sends each text block's gradient around with it.
+  Nothing per step is stored, so per-device memory is O(n^2 + n*D) whatever the world size.
+  (Differentiating the forward ring instead, even with `jax.checkpoint` per step, saves the
+  travelling n x D block of every step: N x D per device, growing with the world size.)
+
+Accuracy metrics (top-1 over the global batch, image->text and text->image) never build an
+N x N matrix per device: the ring keeps a running argmax per row and per column, the gather
+path reduces column maxima across devices.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+KINDS = ("softmax", "sigmoid")
+IMPLS = ("gather", "ring")
+
+Metrics = dict[str, jax.Array]
+
+
+# ----------------------------------------------------------------------------------------
+# Block math shared by every implementation.
+# ----------------------------------------------------------------------------------------
+def _similarity(rows: jax.Array, cols: jax.Array) -> jax.Array:
+    """Float32 `rows @ cols.T`, the cosine similarities of normalised embeddings."""
+    return rows.astype(jnp.float32) @ cols.astype(jnp.float32).T
+
+
+def _logits(
+    rows: jax.Array, cols: jax.Array, log_scale: jax.Array, bias: jax.Array | None
+) -> jax.Array:
+    """`exp(log_scale) * rows @ cols.T (+ bias)` in float32."""
+    z = jnp.exp(log_scale).astype(jnp.float32) * _similarity(rows, cols)
+    return z if bias is None else z + bias.astype(jnp.float32)
+
+
+def _softmax_rows_loss(z: jax.Array, positive: jax.Array) -> jax.Array:
+    """Summed cross-entropy of each row of `z` against the column index `positive[row]`."""
+    picked = jnp.take_along_axis(z, positive[:, None], axis=1)[:, 0]
+    return jnp.sum(jax.nn.logsumexp(z, axis=1) - picked)
+
+
+def _sigmoid_rows_loss(z: jax.Array, positive: jax.Array) -> jax.Array:
+    """Summed -log_sigmoid(label * z), label +1 at column `positive[row]` (-1: none), else -1."""
+    labels = jnp.where(jnp.arange(z.shape[1])[None, :] == positive[:, None], 1.0, -1.0)
+    return -jnp.sum(jax.nn.log_sigmoid(labels * z))
+
+
+def _rows_loss(kind: str, z: jax.Array, positive: jax.Array) -> jax.Array:
+    return (_softmax_rows_loss if kind == "softmax" else _sigmoid_rows_loss)(z, positive)
+
+
+# ----------------------------------------------------------------------------------------
+# Single device: the N x N formulas.
+# ----------------------------------------------------------------------------------------
+def _dense_loss_and_metrics(
+    img: jax.Array, txt: jax.Array, log_scale: jax.Array, bias: jax.Array | None, kind: str
+) -> tuple[jax.Array, Metrics]:
+    """Loss and top-1 accuracies from the full N x N logits."""
+    n = img.shape[0]
+    target = jnp.arange(n)
+    z = _logits(img, txt, log_scale, bias if kind == "sigmoid" else None)
+    if kind == "softmax":
+        loss = 0.5 * (_softmax_rows_loss(z, target) + _softmax_rows_loss(z.T, target)) / n
+    else:
+        loss = _sigmoid_rows_loss(z, target) / n
+    z = lax.stop_gradient(z)
+    metrics = {
+        "acc_i2t": jnp.mean(jnp.argmax(z, axis=1) == target, dtype=jnp.float32),
+        "acc_t2i": jnp.mean(jnp.argmax(z, axis=0) == target, dtype=jnp.float32),
+    }
+    return loss, metrics
+
+
+def softmax_contrastive_loss_dense(
+    img: jax.Array, txt: jax.Array, log_scale: jax.Array
+) -> jax.Array:
+    """Symmetric InfoNCE, 0.5 * (CE(i->t) + CE(t->i)), mean over the N pairs."""
+    return _dense_loss_and_metrics(img, txt, log_scale, None, "softmax")[0]
+
+
+def sigmoid_contrastive_loss_dense(
+    img: jax.Array, txt: jax.Array, log_scale: jax.Array, bias: jax.Array
+) -> jax.Array:
+    """SigLIP loss, -sum(log_sigmoid(labels * logits)) / N over all N x N pairs."""
+    return _dense_loss_and_metrics(img, txt, log_scale, bias, "sigmoid")[0]
+
+
+# ----------------------------------------------------------------------------------------
+# gather: local rows x global columns.
+# ----------------------------------------------------------------------------------------
+def _gather_body(
+    img: jax.Array,
+    txt: jax.Array,
+    log_scale: jax.Array,
+    bias: jax.Array,
+    *,
+    kind: str,
+    axes: tuple[str, ...],
+    total: int,
+) -> tuple[jax.Array, Metrics]:
+    """shard_map body: this device's rows of the loss against all-gathered columns."""
+    n = img.shape[0]
+    first = lax.axis_index(axes) * n
+    positive = first + jnp.arange(n)
+    z = _logits(img, lax.all_gather(txt, axes, tiled=True), log_scale,
+                bias if kind == "sigmoid" else None)  # local images x all texts
+    local = _rows_loss(kind, z, positive)
+    if kind == "softmax":  # t->i needs the local texts' rows too: local texts x all images
+        z_t2i = _logits(txt, lax.all_gather(img, axes, tiled=True), log_scale, None)
+        local = 0.5 * (local + _softmax_rows_loss(z_t2i, positive))
+
+    z = lax.stop_gradient(z)
+    hits_i2t = lax.psum(jnp.sum(jnp.argmax(z, axis=1) == positive), axes)
+    # Best image of every text: the column maxima of all devices' rows, O(N) per device.
+    col_max = jnp.max(z, axis=0)
+    best = lax.pmax(col_max, axes)
+    best_image = lax.pmin(jnp.where(col_max == best, first + jnp.argmax(z, axis=0), total), axes)
+    hits_t2i = jnp.sum(best_image == jnp.arange(total))
+    metrics = {
+        "acc_i2t": hits_i2t.astype(jnp.float32) / total,
+        "acc_t2i": hits_t2i.astype(jnp.float32) / total,
+    }
+    return lax.psum(local, axes) / total, metrics
+
+
+def _gather_loss(
+    img: jax.Array,
+    txt: jax.Array,
+    log_scale: jax.Array,
+    bias: jax.Array,
+    *,
+    kind: str,
+    mesh: Mesh,
+    axes: tuple[str, ...],
+) -> tuple[jax.Array, Metrics]:
+    """The `gather` implementation; autodiff transposes the all-gathers into reduce-scatters."""
+    body = functools.partial(_gather_body, kind=kind, axes=axes, total=img.shape[0])
+    batch, replicated = P(axes), P()
+    return jax.shard_map(
+        body,
+        mesh=mesh,
+        in_specs=(batch, batch, replicated, replicated),
+        out_specs=(replicated, replicated),
+    )(img, txt, log_scale, bias)
+
+
+# ----------------------------------------------------------------------------------------
+# ring: n x n blocks, text blocks (and their column statistics) passed around with ppermute.
+# ----------------------------------------------------------------------------------------
+class _Running(NamedTuple):
+    """Statistics of a set of logit rows, merged one block of columns at a time."""
+
+    max: jax.Array  # (n,) largest logit so far
+    arg: jax.Array  # (n,) its global column index
+    sumexp: jax.Array | None  # (n,) sum(exp(logit - max)) so far; softmax only
+
+
+def _running_init(n: int, with_sumexp: bool, axes: tuple[str, ...]) -> _Running:
+    stats = _Running(
+        jnp.full((n,), -jnp.inf, jnp.float32),
+        jnp.zeros((n,), jnp.int32),
+        jnp.zeros((n,), jnp.float32) if with_sumexp else None,
+    )
+    return lax.pcast(stats, axes, to="varying")  # scan carries must be per-device values
+
+
+def _running_merge(stats: _Running, z: jax.Array, first_col: jax.Array) -> _Running:
+    """Merge the block `z` (rows x block columns starting at global column `first_col`)."""
+    block_max = jnp.max(z, axis=1)
+    block_arg = jnp.argmax(z, axis=1).astype(jnp.int32) + first_col
+    new_max = jnp.maximum(stats.max, block_max)
+    # Blocks arrive out of column order: break exact ties towards the lower index, as argmax.
+    take = (block_max > stats.max) | ((block_max == stats.max) & (block_arg < stats.arg))
+    sumexp = None
+    if stats.sumexp is not None:
+        sumexp = stats.sumexp * jnp.exp(stats.max - new_max) + jnp.sum(
+            jnp.exp(z - new_max[:, None]), axis=1
+        )
+    return _Running(new_max, jnp.where(take, block_arg, stats.arg), sumexp)
+
+
+def _ring_perm(world: int) -> list[tuple[int, int]]:
+    """Each device sends its travelling block to the previous one; it is home after `world`."""
+    return [(j, (j - 1) % world) for j in range(world)]
+
+
+def _ring_forward(
+    img: jax.Array,
+    txt: jax.Array,
+    log_scale: jax.Array,
+    bias: jax.Array,
+    *,
+    kind: str,
+    axes: tuple[str, ...],
+    world: int,
+    total: int,
+) -> tuple[tuple[jax.Array, Metrics], tuple[jax.Array, ...]]:
+    """shard_map body: loss, metrics, and the log-sum-exps the backward ring needs."""
+    n = img.shape[0]
+    me = lax.axis_index(axes)
+    softmax = kind == "softmax"
+    perm = _ring_perm(world)
+
+    def step(carry, k):
+        rows, cols, txt_c, loss = carry
+        c = (me + k) % world  # global block index of the texts held at this step
+        z = _logits(img, txt_c, log_scale, None if softmax else bias)
+        rows = _running_merge(rows, z, c * n)
+        cols = _running_merge(cols, z.T, me * n)
+        if not softmax:
+            positive = jnp.where(c == me, jnp.arange(n), -1)  # only the home block has any
+            loss = loss + _sigmoid_rows_loss(z, positive)
+        cols, txt_c = lax.ppermute((cols, txt_c), axes, perm)
+        return (rows, cols, txt_c, loss), None
+
+    init = (
+        _running_init(n, softmax, axes),
+        _running_init(n, softmax, axes),
+        txt,
+        lax.pcast(jnp.zeros((), jnp.float32), axes, to="varying"),
+    )
+    (rows, cols, _, local), _ = lax.scan(step, init, jnp.arange(world))
+
+    residuals: tuple[jax.Array, ...] = ()
+    if softmax:
+        row_lse = rows.max + jnp.log(rows.sumexp)
+        col_lse = cols.max + jnp.log(cols.sumexp)
+        positive_logit = jnp.exp(log_scale) * jnp.sum(
+            img.astype(jnp.float32) * txt.astype(jnp.float32), axis=1
+        )
+        local = 0.5 * jnp.sum(row_lse + col_lse - 2.0 * positive_logit)
+        residuals = (row_lse, col_lse)
+
+    own = me * n + jnp.arange(n)
+    metrics = {
+        "acc_i2t": lax.psum(jnp.sum(rows.arg == own), axes).astype(jnp.float32) / total,
+        "acc_t2i": lax.psum(jnp.sum(cols.arg == own), axes).astype(jnp.float32) / total,
+    }
+    return (lax.psum(local, axes) / total, metrics), residuals
+
+
+def _ring_backward(
+    img: jax.Array,
+    txt: jax.Array,
+    log_scale: jax.Array,
+    bias: jax.Array,
+    g: jax.Array,
+    *lse: jax.Array,
+    kind: str,
+    axes: tuple[str, ...],
+    world: int,
+    total: int,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """shard_map body: gradients of `g * loss`, recomputing each n x n block once more."""
+    n = img.shape[0]
+    me = lax.axis_index(axes)
+    softmax = kind == "softmax"
+    scale = jnp.exp(log_scale).astype(jnp.float32)
+    img32 = img.astype(jnp.float32)
+    coef = g.astype(jnp.float32) / total
+    perm = _ring_perm(world)
+
+    def step(carry, k):
+        txt_c, col_lse_c, dtxt_c, dimg, dlog_scale, dbias = carry
+        c = (me + k) % world
+        sim = _similarity(img32, txt_c)
+        z = scale * sim
+        positive = (c == me) & jnp.eye(n, dtype=bool)
+        if softmax:  # d/dz of 0.5 * (row LSE + column LSE - 2 * positive logit)
+            row_lse = lse[0]
+            dz = (0.5 * coef) * (
+                jnp.exp(z - row_lse[:, None]) + jnp.exp(z - col_lse_c[None, :])
+                - 2.0 * positive
+            )
+        else:  # d/dz of -log_sigmoid(label * z)
+            labels = jnp.where(positive, 1.0, -1.0)
+            dz = -coef * labels * jax.nn.sigmoid(-labels * (z + bias))
+        dimg = dimg + scale * (dz @ txt_c.astype(jnp.float32))
+        dtxt_c = dtxt_c + scale * (dz.T @ img32)
+        dlog_scale = dlog_scale + jnp.sum(dz * z)  # dz/dlog_scale = exp(log_scale) * sim
+        dbias = dbias + jnp.sum(dz)
+        txt_c, col_lse_c, dtxt_c = lax.ppermute((txt_c, col_lse_c, dtxt_c), axes, perm)
+        return (txt_c, col_lse_c, dtxt_c, dimg, dlog_scale, dbias), None
+
+    zeros = lambda shape: lax.pcast(jnp.zeros(shape, jnp.float32), axes, to="varying")
+    init = (txt, lse[1] if softmax else None, zeros(txt.shape), zeros(img.shape), zeros(()),
+            zeros(()))
+    (_, _, dtxt, dimg, dlog_scale, dbias), _ = lax.scan(step, init, jnp.arange(world))
+    return dimg, dtxt, lax.psum(dlog_scale, axes), lax.psum(dbias, axes)
+
+
+def _ring_loss(
+    img: jax.Array,
+    txt: jax.Array,
+    log_scale: jax.Array,
+    bias: jax.Array,
+    *,
+    kind: str,
+    mesh: Mesh,
+    axes: tuple[str, ...],
+    world: int,
+) -> tuple[jax.Array, Metrics]:
+    """The `ring` implementation: a forward ring and, as its VJP, a backward ring."""
+    static = {"kind": kind, "axes": axes, "world": world, "total": img.shape[0]}
+    batch, replicated = P(axes), P()
+    residual_specs = (batch, batch) if kind == "softmax" else ()
+    forward = jax.shard_map(
+        functools.partial(_ring_forward, **static),
+        mesh=mesh,
+        in_specs=(batch, batch, replicated, replicated),
+        out_specs=((replicated, replicated), residual_specs),
+    )
+    backward = jax.shard_map(
+        functools.partial(_ring_backward, **static),
+        mesh=mesh,
+        in_specs=(batch, batch, replicated, replicated, replicated, *residual_specs),
+        out_specs=(batch, batch, replicated, replicated),
+    )
+
+    @jax.custom_vjp
+    def loss_fn(img, txt, log_scale, bias):
+        return forward(img, txt, log_scale, bias)[0]
+
+    def loss_fwd(img, txt, log_scale, bias):
+        out, lse = forward(img, txt, log_scale, bias)
+        return out, (img, txt, log_scale, bias, lse)
+
+    def loss_bwd(res, cotangents):
+        img, txt, log_scale, bias, lse = res
+        g = cotangents[0]  # the metrics are not differentiable
+        grads = backward(img, txt, log_scale, bias, g, *lse)
+        return tuple(d.astype(x.dtype) for d, x in zip(grads, (img, txt, log_scale, bias),
+                                                         strict=True))
+
+    loss_fn.defvjp(loss_fwd, loss_bwd)
+    return loss_fn(img, txt, log_scale, bias)
+
+
+# ----------------------------------------------------------------------------------------
+# Public entry point.
+# ----------------------------------------------------------------------------------------
+def _batch_world_size(mesh: Mesh | None, batch_axes: tuple[str, ...]) -> int:
+    if mesh is None:
+        return 1
+    missing = [a for a in batch_axes if a not in mesh.axis_names]
+    if missing:
+        raise ValueError(
+            f"batch axes {missing} are not axes of the mesh {tuple(mesh.axis_names)}; "
+            "pass batch_axes naming the mesh axes the batch is sharded over"
+        )
+    return math.prod(mesh.shape[a] for a in batch_axes)
+
+
+def contrastive_loss(
+    img: jax.Array,
+    txt: jax.Array,
+    log_scale: jax.Array,
+    bias: jax.Array | None = None,
+    *,
+    kind: str = "softmax",
+    impl: str = "gather",
+    mesh: Mesh | None = None,
+    batch_axes: tuple[str, ...] = ("data", "fsdp"),
+) -> tuple[jax.Array, Metrics]:
+    """Contrastive loss over the global batch and its top-1 accuracies.
+
+    Args:
+      img, txt: (N, D) L2-normalised embeddings, row i of each is a positive pair; global
+        arrays, typically sharded over `batch_axes` (call this inside `jax.jit`).
+      log_scale: scalar; the logits are `exp(log_scale) * img @ txt.T`.
+      bias: scalar logit bias, required by `kind="sigmoid"`; ignored by softmax, which a
+        constant shift does not change (its gradient is then zero).
+      kind: "softmax" (symmetric InfoNCE) or "sigmoid" (SigLIP).
+      impl: "gather" (n x N logits per device) or "ring" (n x n per device, any world size).
+      mesh: the device mesh; None, or batch axes of total size 1, computes on one device.
+      batch_axes: mesh axes the batch dimension is sharded over; other axes replicate.
+
+    Returns:
+      The scalar mean loss and {"acc_i2t", "acc_t2i"}: top-1 in-batch retrieval accuracy
+      over the global batch (not differentiable).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown contrastive loss kind {kind!r}; expected one of {KINDS}")
+    if impl not in IMPLS:
+        raise ValueError(f"unknown contrastive loss impl {impl!r}; expected one of {IMPLS}")
+    if img.ndim != 2 or img.shape != txt.shape:
+        raise ValueError(
+            f"img and txt must both be (N, D) with equal shapes, got {img.shape} and {txt.shape}"
+        )
+    if kind == "sigmoid" and bias is None:
+        raise ValueError("the sigmoid loss needs bias= (SigLIP's learnable logit bias)")
+    batch_axes = tuple(batch_axes)
+    log_scale = jnp.asarray(log_scale)
+    world = _batch_world_size(mesh, batch_axes)
+    if world == 1:
+        return _dense_loss_and_metrics(img, txt, log_scale, bias, kind)
+    if img.shape[0] % world:
+        raise ValueError(
+            f"global batch {img.shape[0]} is not divisible by the {world} devices of the batch "
+            f"axes {batch_axes}; use a global batch that is a multiple of {world}"
+        )
+    bias = jnp.asarray(bias) if kind == "sigmoid" else jnp.zeros((), jnp.float32)
+    if impl == "gather":
+        return _gather_loss(img, txt, log_scale, bias, kind=kind, mesh=mesh, axes=batch_axes)
+    return _ring_loss(img, txt, log_scale, bias, kind=kind, mesh=mesh, axes=batch_axes,
+                      world=world)
