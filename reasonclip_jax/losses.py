@@ -131,8 +131,9 @@ def _gather_body(
     n = img.shape[0]
     first = lax.axis_index(axes) * n
     positive = first + jnp.arange(n)
-    z = _logits(img, lax.all_gather(txt, axes, tiled=True), log_scale,
-                bias if kind == "sigmoid" else None)  # local images x all texts
+    z = _logits(
+        img, lax.all_gather(txt, axes, tiled=True), log_scale, bias if kind == "sigmoid" else None
+    )  # local images x all texts
     local = _rows_loss(kind, z, positive)
     if kind == "softmax":  # t->i needs the local texts' rows too: local texts x all images
         z_t2i = _logits(txt, lax.all_gather(img, axes, tiled=True), log_scale, None)
@@ -298,8 +299,7 @@ def _ring_backward(
         if softmax:  # d/dz of 0.5 * (row LSE + column LSE - 2 * positive logit)
             row_lse = lse[0]
             dz = (0.5 * coef) * (
-                jnp.exp(z - row_lse[:, None]) + jnp.exp(z - col_lse_c[None, :])
-                - 2.0 * positive
+                jnp.exp(z - row_lse[:, None]) + jnp.exp(z - col_lse_c[None, :]) - 2.0 * positive
             )
         else:  # d/dz of -log_sigmoid(label * z)
             labels = jnp.where(positive, 1.0, -1.0)
@@ -312,8 +312,14 @@ def _ring_backward(
         return (txt_c, col_lse_c, dtxt_c, dimg, dlog_scale, dbias), None
 
     zeros = lambda shape: lax.pcast(jnp.zeros(shape, jnp.float32), axes, to="varying")
-    init = (txt, lse[1] if softmax else None, zeros(txt.shape), zeros(img.shape), zeros(()),
-            zeros(()))
+    init = (
+        txt,
+        lse[1] if softmax else None,
+        zeros(txt.shape),
+        zeros(img.shape),
+        zeros(()),
+        zeros(()),
+    )
     (_, _, dtxt, dimg, dlog_scale, dbias), _ = lax.scan(step, init, jnp.arange(world))
     return dimg, dtxt, lax.psum(dlog_scale, axes), lax.psum(dbias, axes)
 
@@ -358,8 +364,9 @@ def _ring_loss(
         img, txt, log_scale, bias, lse = res
         g = cotangents[0]  # the metrics are not differentiable
         grads = backward(img, txt, log_scale, bias, g, *lse)
-        return tuple(d.astype(x.dtype) for d, x in zip(grads, (img, txt, log_scale, bias),
-                                                         strict=True))
+        return tuple(
+            d.astype(x.dtype) for d, x in zip(grads, (img, txt, log_scale, bias), strict=True)
+        )
 
     loss_fn.defvjp(loss_fwd, loss_bwd)
     return loss_fn(img, txt, log_scale, bias)
@@ -431,5 +438,4 @@ def contrastive_loss(
     bias = jnp.asarray(bias) if kind == "sigmoid" else jnp.zeros((), jnp.float32)
     if impl == "gather":
         return _gather_loss(img, txt, log_scale, bias, kind=kind, mesh=mesh, axes=batch_axes)
-    return _ring_loss(img, txt, log_scale, bias, kind=kind, mesh=mesh, axes=batch_axes,
-                      world=world)
+    return _ring_loss(img, txt, log_scale, bias, kind=kind, mesh=mesh, axes=batch_axes, world=world)
