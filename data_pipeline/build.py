@@ -1,0 +1,348 @@
+"""Builds ArrayRecord shard directories from raw image-text data with Apache Beam.
+
+    python -m data_pipeline.build --source reasonclip-s1 --input 'data/s1/*.parquet' \\
+        --image-root data/images --output out/s1 --num-shards 64
+    python -m data_pipeline.build --source scenes --num-scenes 1000 --seed 0 --output out/scenes
+    # any Beam pipeline option goes along, e.g. two local worker processes:
+    python -m data_pipeline.build ... --direct_num_workers=2 --direct_running_mode=multi_processing
+
+The graph, per output directory (`scenes` has three: stage1/, stage2/, bench/):
+
+    units -> read -> reshuffle -> process_row -+-> records -> [dedup] -> place + encode
+                                               |     -> group by (split, shard) -> write shard
+                                               |     -> statistics ------------+
+                                               +-> rejections -----------------+-> manifest.json
+                               count rows -------------------------------------+   rejected.jsonl
+
+Input and output are local paths (DirectRunner, or workers sharing a filesystem). See
+`sources.py` for the input formats, `process.py` for what is checked, `write.py` for the layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from data_pipeline import process, sources, stats, write
+from reasonclip_jax.errors import UserError, exit_on_user_error
+
+_REJECTED = "rejected"
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise UserError(f"{message} (see --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _ArgumentParser(
+        prog="python -m data_pipeline.build",
+        description="Raw image-text data -> ArrayRecord shards + manifest.json + rejected.jsonl. "
+        "Unrecognised flags are passed to Beam as pipeline options.",
+    )
+    p.add_argument("--source", required=True, choices=sorted(sources.SOURCES))
+    p.add_argument("--input", help="input file, glob or directory (all but --source scenes)")
+    p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--num-shards", type=int, default=1, help="shards per split")
+    p.add_argument(
+        "--image-root", help="base of relative image paths (default: each input file's directory)"
+    )
+    p.add_argument(
+        "--max-short-side", type=int, default=256, help="resize so the shorter side is at most this"
+    )
+    p.add_argument("--jpeg-quality", type=int, default=95)
+    p.add_argument(
+        "--min-size", type=int, default=32, help="reject images whose shorter side is smaller"
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=50_000_000, help="reject larger images before decoding"
+    )
+    p.add_argument("--validation-fraction", type=float, default=0.002)
+    p.add_argument(
+        "--dedup", action="store_true", help="keep one row per identical image (first by key)"
+    )
+    p.add_argument(
+        "--json-caption-fields", default="caption", help="webdataset: comma-separated json fields"
+    )
+    p.add_argument("--num-scenes", type=int, default=0, help="scenes: how many")
+    p.add_argument("--seed", type=int, default=0, help="scenes: random seed")
+    p.add_argument("--image-size", type=int, default=64, help="scenes: image side in pixels")
+    return p
+
+
+def _check_beam_args(beam_args: list[str]) -> None:
+    """A flag that neither we nor Beam know is a typo: refuse it instead of dropping it."""
+    parsers: list[argparse.ArgumentParser] = []
+    PipelineOptions(beam_args).get_all_options(add_extra_args_fn=parsers.append)
+    _, unknown = parsers[0].parse_known_args(beam_args)
+    if unknown:
+        raise UserError(f"unrecognised arguments: {' '.join(unknown)} (see --help)")
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Our flags, checked, and the rest (Beam pipeline options)."""
+    args, beam_args = _parser().parse_known_args(list(argv))
+    _check_beam_args(beam_args)
+    for flag, value, lo, hi in (
+        ("--num-shards", args.num_shards, 1, 99999),
+        ("--max-short-side", args.max_short_side, 1, None),
+        ("--jpeg-quality", args.jpeg_quality, 1, 100),
+        ("--min-size", args.min_size, 1, None),
+        ("--max-pixels", args.max_pixels, 1, None),
+        ("--image-size", args.image_size, 1, None),
+    ):
+        if value < lo or (hi is not None and value > hi):
+            raise UserError(f"{flag} {value}: must be in [{lo}, {hi if hi is not None else 'inf'})")
+    if not 0.0 <= args.validation_fraction < 1.0:
+        raise UserError(f"--validation-fraction {args.validation_fraction}: must be in [0, 1)")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise UserError(f"--output {args.output}: exists and is not a directory")
+    return args, beam_args
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps of the graph (module-level functions: they are pickled to workers by reference).
+# ----------------------------------------------------------------------------------------------
+
+
+def _process(
+    row: process.RawRow, output: sources.Output, options: process.ImageOptions
+) -> Iterator[Any]:
+    result = process.process_row(row, output.name, output.schema, options)
+    if isinstance(result, process.Rejection):
+        yield beam.pvalue.TaggedOutput(_REJECTED, result)
+    else:
+        yield result
+
+
+def _by_image(p: process.Processed) -> tuple[str, process.Processed]:
+    return process.dedup_key(p), p
+
+
+def _keep_first(item: tuple[str, Iterable[process.Processed]]) -> Iterator[Any]:
+    ordered = sorted(item[1], key=lambda p: process.natural_key(p.record.key))
+    yield ordered[0]
+    for dup in ordered[1:]:
+        rejection = process.Rejection(
+            dup.record.key, process.DUPLICATE, f"same image as {ordered[0].record.key}"
+        )
+        yield beam.pvalue.TaggedOutput(_REJECTED, rejection)
+
+
+def _place_and_encode(
+    p: process.Processed, num_shards: int, fraction: float, eval_only: bool
+) -> Any:
+    from reasonclip_jax.records import encode_record
+
+    return place_of(p, num_shards, fraction, eval_only), (p.record.id, encode_record(p.record))
+
+
+def place_of(
+    p: process.Processed, num_shards: int, fraction: float, eval_only: bool
+) -> tuple[str, int]:
+    return write.place(p.record.id, num_shards, fraction, eval_only)
+
+
+def _stats(p: process.Processed, num_shards: int, fraction: float, eval_only: bool) -> Counter:
+    return stats.record_stats(p.record, place_of(p, num_shards, fraction, eval_only)[0])
+
+
+def _write_group(
+    item: tuple[tuple[str, int], Iterable[tuple[str, bytes]]], directory: str, num_shards: int
+) -> str:
+    (split, shard), items = item
+    return write.write_shard(directory, split, shard, num_shards, items)
+
+
+def _rejection_line(r: process.Rejection) -> dict[str, str]:
+    return write.rejection_line(r.location, r.reason, r.detail)
+
+
+def _finalize(
+    _: Any,
+    directory: str,
+    header: dict[str, Any],
+    num_shards: int,
+    input_rows: int,
+    counts: Counter,
+    rejections: list[dict[str, str]],
+    written: list[str],
+) -> None:
+    write.finalize(
+        directory, header, input_rows, stats.summarize(counts), rejections, written, num_shards
+    )
+
+
+class _MergeCounts(beam.CombineFn):
+    def create_accumulator(self) -> Counter:
+        return Counter()
+
+    def add_input(self, acc: Counter, counts: Counter) -> Counter:
+        acc.update(counts)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[Counter]) -> Counter:
+        return stats.merge(accs)
+
+    def extract_output(self, acc: Counter) -> Counter:
+        return acc
+
+
+def _add_output(
+    p: beam.Pipeline,
+    rows: beam.PCollection,
+    output: sources.Output,
+    directory: str,
+    args: argparse.Namespace,
+    header: dict[str, Any],
+) -> None:
+    """Appends the graph of one output directory to the pipeline."""
+    label = output.subdir or "output"
+    options = process.ImageOptions(
+        args.max_short_side, args.jpeg_quality, args.min_size, args.max_pixels
+    )
+    placing = (args.num_shards, args.validation_fraction, output.eval_only)
+    results = rows | f"{label}/Process" >> beam.FlatMap(_process, output, options).with_outputs(
+        _REJECTED, main="records"
+    )
+    kept, rejected = results.records, [results[_REJECTED]]
+    if args.dedup:
+        deduped = (
+            kept
+            | f"{label}/KeyByImage" >> beam.Map(_by_image)
+            | f"{label}/GroupByImage" >> beam.GroupByKey()
+            | f"{label}/KeepFirst"
+            >> beam.FlatMap(_keep_first).with_outputs(_REJECTED, main="records")
+        )
+        kept = deduped.records
+        rejected.append(deduped[_REJECTED])
+    written = (
+        kept
+        | f"{label}/PlaceAndEncode" >> beam.Map(_place_and_encode, *placing)
+        | f"{label}/GroupByShard" >> beam.GroupByKey()
+        | f"{label}/WriteShard" >> beam.Map(_write_group, directory, args.num_shards)
+    )
+    counts = (
+        kept
+        | f"{label}/Stats" >> beam.Map(_stats, *placing)
+        | f"{label}/MergeStats" >> beam.CombineGlobally(_MergeCounts())
+    )
+    rejections = (
+        rejected
+        | f"{label}/AllRejections" >> beam.Flatten()
+        | f"{label}/RejectionLines" >> beam.Map(_rejection_line)
+        | f"{label}/CollectRejections" >> beam.combiners.ToList()
+    )
+    input_rows = rows | f"{label}/CountRows" >> beam.combiners.Count.Globally()
+    _ = (
+        p
+        | f"{label}/Start" >> beam.Create([None])
+        | f"{label}/Finalize"
+        >> beam.Map(
+            _finalize,
+            directory,
+            header,
+            args.num_shards,
+            beam.pvalue.AsSingleton(input_rows),
+            beam.pvalue.AsSingleton(counts),
+            beam.pvalue.AsSingleton(rejections),
+            beam.pvalue.AsList(written),
+        )
+    )
+
+
+def _header(
+    args: argparse.Namespace, source: sources.Source, output: sources.Output
+) -> dict[str, Any]:
+    """What the manifest records about how it was made (no Beam runner options: same data,
+    same manifest, however it was run)."""
+    options = {
+        k: getattr(args, k)
+        for k in (
+            "input",
+            "image_root",
+            "max_short_side",
+            "jpeg_quality",
+            "min_size",
+            "max_pixels",
+            "validation_fraction",
+            "dedup",
+        )
+    }
+    if source.name == "webdataset":
+        options["json_caption_fields"] = args.json_caption_fields
+    if source.name == "scenes":
+        options.update(num_scenes=args.num_scenes, seed=args.seed, image_size=args.image_size)
+    return {"source": output.name, "options": options}
+
+
+def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Runs the pipeline; returns each written directory's manifest, keyed by directory."""
+    args, beam_args = parse_args(argv)
+    source = sources.SOURCES[args.source]
+    config = sources.SourceConfig(
+        image_root=args.image_root,
+        json_caption_fields=tuple(
+            f.strip() for f in args.json_caption_fields.split(",") if f.strip()
+        ),
+        num_scenes=args.num_scenes,
+        seed=args.seed,
+        image_size=args.image_size,
+    )
+    units = sources.list_units(source, args.input, config)
+    directories = {
+        o.subdir: os.path.join(args.output, o.subdir) if o.subdir else args.output
+        for o in source.outputs
+    }
+    for d in directories.values():
+        os.makedirs(d, exist_ok=True)
+
+    with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
+        rows = (
+            p
+            | "Units" >> beam.Create(units, reshuffle=False)
+            | "Read" >> beam.FlatMap(source.read, config)
+            | "Spread" >> beam.Reshuffle()  # one big file must not mean one busy worker
+        )
+        for output in source.outputs:
+            output_rows = rows
+            if len(source.outputs) > 1:
+                output_rows = rows | f"{output.subdir}/Select" >> beam.Filter(
+                    _is_for, output.subdir
+                )
+            _add_output(
+                p,
+                output_rows,
+                output,
+                directories[output.subdir],
+                args,
+                _header(args, source, output),
+            )
+
+    from reasonclip_jax.records import read_manifest
+
+    return {d: read_manifest(d) for d in directories.values()}
+
+
+def _is_for(row: process.RawRow, subdir: str) -> bool:
+    return row.output == subdir
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> None:
+    for directory, m in run(sys.argv[1:] if argv is None else argv).items():
+        print(
+            f"{directory}: {m['written']} records {m['splits']}, {m['rejected']} rejected "
+            f"{m['rejections']} of {m['input_rows']} input rows"
+        )
+
+
+if __name__ == "__main__":
+    main()

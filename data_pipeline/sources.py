@@ -1,0 +1,407 @@
+"""Input sources: how each kind of input is split into units and read into `RawRow`s.
+
+A unit is one input file (or, for `scenes`, a range of scene indices); units are read in
+parallel, each into rows whose `key` is "NAME:ROW" (NAME: the file's path relative to the input
+root, ROW: 0-based) or "NAME:KEY" for a webdataset sample, so that ids do not depend on where the
+data lives. Reading never raises: a file that cannot be read becomes one row carrying an error.
+
+    source          input                                               record fields
+    reasonclip-s1   parquet: image_path, tb[3], trl[3]                  desc, reason
+    reasonclip-s2   parquet: image_path, trp, trp_cls, trp_cls_ls[3]    cat_caption, cat_label,
+                                                                        image_labels
+    webdataset      tar: KEY.jpg|jpeg|png|webp + KEY.txt and/or KEY.json desc
+    jsonl           image_path | image_b64, desc|tb, reason|trl, trp,   any of the above
+                    trp_cls, trp_cls_ls, sets
+    rclip-bench     parquet: image{bytes,path}, sets; or jsonl:         sets (split "test")
+                    image_path, sets
+    scenes          synthetic (data_pipeline.scenes), three outputs:    stage1/, stage2/, bench/
+
+Relative image paths are resolved against --image-root, or else the input file's directory.
+
+Try it:
+
+    python -c "from data_pipeline import sources as s; print(s.list_units(
+        s.SOURCES['jsonl'], 'rows.jsonl', s.SourceConfig()))"
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import glob
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from data_pipeline.process import (
+    ANY_COUNT,
+    MALFORMED,
+    MISSING_FILE,
+    UNREADABLE_INPUT,
+    RawRow,
+    Schema,
+)
+from reasonclip_jax.errors import UserError
+
+SCENES_PER_UNIT = 32
+WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # preference order within a sample
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    """What reading needs besides the unit; from the command line."""
+
+    image_root: str | None = None
+    json_caption_fields: tuple[str, ...] = ("caption",)
+    num_scenes: int = 0
+    seed: int = 0
+    image_size: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One independently readable piece of input: a file, or a range of scene indices."""
+
+    path: str = ""
+    name: str = ""  # the file's path relative to the input root: the prefix of row keys
+    start: int = 0
+    stop: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """One shard directory a source writes."""
+
+    subdir: str  # relative to --output; "" for the output directory itself
+    name: str  # Record.source of its records
+    schema: Schema
+    eval_only: bool = False  # every record goes to split "test"
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    name: str
+    outputs: tuple[Output, ...]
+    read: Callable[[Unit, SourceConfig], Iterator[RawRow]]
+    extensions: tuple[str, ...] = ()  # files taken when --input is a directory
+
+
+# ----------------------------------------------------------------------------------------------
+# Listing units.
+# ----------------------------------------------------------------------------------------------
+
+
+def list_units(source: Source, pattern: str | None, config: SourceConfig) -> list[Unit]:
+    """The source's units in a fixed order; a UserError when there is nothing to read."""
+    if source.name == "scenes":
+        if config.num_scenes < 1:
+            raise UserError("--source scenes needs --num-scenes N with N >= 1")
+        return [
+            Unit(name="scenes", start=i, stop=min(i + SCENES_PER_UNIT, config.num_scenes))
+            for i in range(0, config.num_scenes, SCENES_PER_UNIT)
+        ]
+    if not pattern:
+        raise UserError(f"--source {source.name} needs --input PATH_OR_GLOB")
+    if os.path.isdir(pattern):
+        root = pattern
+        paths = [
+            os.path.join(dirpath, f)
+            for dirpath, _, files in os.walk(pattern)
+            for f in files
+            if f.endswith(source.extensions)
+        ]
+    else:
+        root = _glob_root(pattern)
+        paths = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+    if not paths:
+        raise UserError(f"--input {pattern}: no {source.name} input files there")
+    return [Unit(path=p, name=os.path.relpath(p, root)) for p in sorted(paths)]
+
+
+def _glob_root(pattern: str) -> str:
+    """The directory part of a glob before its first wildcard."""
+    head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    return head if head.endswith(os.sep) else os.path.dirname(head) or "."
+
+
+def _resolve(path: Any, unit: Unit, config: SourceConfig) -> str | None:
+    if not isinstance(path, str) or not path:
+        return None
+    root = config.image_root if config.image_root is not None else os.path.dirname(unit.path)
+    return os.path.join(root, path)  # an absolute `path` stays as it is
+
+
+def _unreadable(unit: Unit, done: int, error: Exception) -> RawRow:
+    detail = f"after {done} rows: {type(error).__name__}: {error}"[:200]
+    return RawRow(key=unit.name, error=(UNREADABLE_INPUT, detail))
+
+
+# ----------------------------------------------------------------------------------------------
+# Parquet and JSONL rows.
+# ----------------------------------------------------------------------------------------------
+
+
+def _parquet_rows(unit: Unit) -> Iterator[tuple[int, dict[str, Any]] | RawRow]:
+    import pyarrow.parquet as pq
+
+    index = 0
+    try:
+        for batch in pq.ParquetFile(unit.path).iter_batches(batch_size=64):
+            for row in batch.to_pylist():
+                yield index, row
+                index += 1
+    except Exception as e:
+        yield _unreadable(unit, index, e)
+
+
+def _jsonl_rows(unit: Unit) -> Iterator[tuple[int, dict[str, Any]] | RawRow]:
+    index = 0
+    try:
+        with open(unit.path, "rb") as f:
+            for index, line in enumerate(f):  # noqa: B007 (index is read after an error)
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as e:
+                    yield RawRow(
+                        key=f"{unit.name}:{index}", error=(MALFORMED, f"bad JSON: {e}"[:200])
+                    )
+                    continue
+                if not isinstance(row, dict):
+                    yield RawRow(key=f"{unit.name}:{index}", error=(MALFORMED, "not a JSON object"))
+                    continue
+                yield index, row
+    except Exception as e:
+        yield _unreadable(unit, index, e)
+
+
+def _first(row: dict[str, Any], *names: str) -> Any:
+    return next((row[n] for n in names if row.get(n) is not None), None)
+
+
+def _from_jsonl(index: int, row: dict[str, Any], unit: Unit, config: SourceConfig) -> RawRow:
+    key = f"{unit.name}:{index}"
+    fields = {
+        "desc": _first(row, "desc", "tb"),
+        "reason": _first(row, "reason", "trl"),
+        "cat_caption": _first(row, "cat_caption", "trp"),
+        "cat_label": _first(row, "cat_label", "trp_cls"),
+        "image_labels": _first(row, "image_labels", "trp_cls_ls"),
+        "sets": row.get("sets"),
+    }
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if row.get("image_b64") is not None:
+        try:
+            image = base64.b64decode(row["image_b64"], validate=True)
+        except (binascii.Error, TypeError, ValueError) as e:
+            return RawRow(key=key, error=(MALFORMED, f"image_b64: {e}"[:200]))
+        return RawRow(key=key, image_bytes=image, fields=fields)
+    return RawRow(key=key, image_path=_resolve(row.get("image_path"), unit, config), fields=fields)
+
+
+def _read_rows(
+    unit: Unit,
+    config: SourceConfig,
+    rows: Callable[[Unit], Iterator[tuple[int, dict[str, Any]] | RawRow]],
+    convert: Callable[[int, dict[str, Any], Unit, SourceConfig], RawRow],
+) -> Iterator[RawRow]:
+    for item in rows(unit):
+        yield item if isinstance(item, RawRow) else convert(*item, unit, config)
+
+
+def _from_stage1(index: int, row: dict[str, Any], unit: Unit, config: SourceConfig) -> RawRow:
+    return RawRow(
+        key=f"{unit.name}:{index}",
+        image_path=_resolve(row.get("image_path"), unit, config),
+        fields={"desc": row.get("tb"), "reason": row.get("trl")},
+    )
+
+
+def _from_stage2(index: int, row: dict[str, Any], unit: Unit, config: SourceConfig) -> RawRow:
+    return RawRow(
+        key=f"{unit.name}:{index}",
+        image_path=_resolve(row.get("image_path"), unit, config),
+        fields={
+            "cat_caption": row.get("trp"),
+            "cat_label": row.get("trp_cls"),
+            "image_labels": row.get("trp_cls_ls"),
+        },
+    )
+
+
+def _from_bench_parquet(
+    index: int, row: dict[str, Any], unit: Unit, config: SourceConfig
+) -> RawRow:
+    image = row.get("image") if isinstance(row.get("image"), dict) else {}
+    fields = {"sets": row.get("sets")}
+    if image.get("bytes"):
+        return RawRow(key=f"{unit.name}:{index}", image_bytes=image["bytes"], fields=fields)
+    path = image.get("path") or row.get("image_path")
+    return RawRow(
+        key=f"{unit.name}:{index}", image_path=_resolve(path, unit, config), fields=fields
+    )
+
+
+def read_stage1(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
+    return _read_rows(unit, config, _parquet_rows, _from_stage1)
+
+
+def read_stage2(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
+    return _read_rows(unit, config, _parquet_rows, _from_stage2)
+
+
+def read_jsonl(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
+    return _read_rows(unit, config, _jsonl_rows, _from_jsonl)
+
+
+def read_bench(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
+    if unit.path.endswith(".parquet"):
+        return _read_rows(unit, config, _parquet_rows, _from_bench_parquet)
+    return _read_rows(unit, config, _jsonl_rows, _from_jsonl)
+
+
+# ----------------------------------------------------------------------------------------------
+# Webdataset tars.
+# ----------------------------------------------------------------------------------------------
+
+
+def _split_member(name: str) -> tuple[str, str] | None:
+    """webdataset's sample key and extension: "dir/abc.seg.png" -> ("dir/abc", "seg.png")."""
+    match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
+    return (match.group(1), match.group(2).lower()) if match else None
+
+
+def _webdataset_row(key: str, files: dict[str, bytes], unit: Unit, config: SourceConfig) -> RawRow:
+    row_key = f"{unit.name}:{key}"
+    image = next((files[e] for e in WEBDATASET_IMAGE_EXTENSIONS if e in files), None)
+    if image is None:
+        return RawRow(
+            key=row_key, error=(MISSING_FILE, f"no image member ({', '.join(sorted(files))})")
+        )
+    captions: list[Any] = [files["txt"]] if "txt" in files else []
+    if "json" in files:
+        try:
+            meta = json.loads(files["json"])
+        except ValueError as e:
+            return RawRow(key=row_key, error=(MALFORMED, f"{key}.json: {e}"[:200]))
+        for field in config.json_caption_fields:
+            value = meta.get(field) if isinstance(meta, dict) else None
+            captions.extend(value if isinstance(value, list) else [] if value is None else [value])
+    return RawRow(key=row_key, image_bytes=image, fields={"desc": captions})
+
+
+def read_webdataset(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
+    """Samples are consecutive members sharing a key, as webdataset writes them."""
+    key, files, done = None, {}, 0
+    try:
+        with tarfile.open(unit.path, "r|*") as tar:
+            for member in tar:
+                parts = _split_member(member.name) if member.isfile() else None
+                if parts is None:
+                    continue
+                if parts[0] != key:
+                    if key is not None:
+                        yield _webdataset_row(key, files, unit, config)
+                        done += 1
+                    key, files = parts[0], {}
+                files[parts[1]] = tar.extractfile(member).read()
+        if key is not None:
+            yield _webdataset_row(key, files, unit, config)
+    except Exception as e:  # truncated or corrupt tar: the sample being read is lost with it
+        yield _unreadable(unit, done, e)
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic scenes.
+# ----------------------------------------------------------------------------------------------
+
+
+def read_scenes(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
+    """Each scene gives one stage-1 row, one stage-2 row per category caption, one bench row."""
+    from data_pipeline import scenes
+    from reasonclip_jax.records import CATEGORIES
+
+    for index in range(unit.start, unit.stop):
+        try:
+            scene = scenes.make_scene(index, config.seed, config.image_size)
+            png = io.BytesIO()
+            scene.image.save(png, "PNG")
+        except Exception as e:
+            for output in ("stage1", "stage2", "bench"):
+                yield dataclasses.replace(
+                    _unreadable(unit, index - unit.start, e), key=f"scene:{index}", output=output
+                )
+            continue
+        image = png.getvalue()
+        yield RawRow(
+            key=scene.key,
+            image_bytes=image,
+            output="stage1",
+            fields={"desc": list(scene.desc), "reason": list(scene.reason)},
+        )
+        for label, caption in scene.cat_captions:
+            yield RawRow(
+                key=f"{scene.key}/{CATEGORIES[label]}",
+                image_bytes=image,
+                output="stage2",
+                fields={
+                    "cat_caption": caption,
+                    "cat_label": label,
+                    "image_labels": list(scene.image_labels),
+                },
+            )
+        yield RawRow(
+            key=scene.key,
+            image_bytes=image,
+            output="bench",
+            fields={"sets": list(scene.bench_sets)},
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry.
+# ----------------------------------------------------------------------------------------------
+
+_STAGE1 = Schema(desc=(3, 3), reason=(3, 3))
+_STAGE2 = Schema(cat_caption=True, image_labels=True)
+_BENCH = Schema(sets=True)
+
+SOURCES: dict[str, Source] = {
+    s.name: s
+    for s in (
+        Source(
+            "reasonclip-s1", (Output("", "reasonclip-s1", _STAGE1),), read_stage1, (".parquet",)
+        ),
+        Source(
+            "reasonclip-s2", (Output("", "reasonclip-s2", _STAGE2),), read_stage2, (".parquet",)
+        ),
+        Source(
+            "webdataset",
+            (Output("", "webdataset", Schema(desc=(1, ANY_COUNT), unique_desc=True)),),
+            read_webdataset,
+            (".tar",),
+        ),
+        Source("jsonl", (Output("", "jsonl", Schema()),), read_jsonl, (".jsonl",)),
+        Source(
+            "rclip-bench",
+            (Output("", "rclip-bench", _BENCH, eval_only=True),),
+            read_bench,
+            (".parquet", ".jsonl"),
+        ),
+        Source(
+            "scenes",
+            (
+                Output("stage1", "scenes-stage1", _STAGE1),
+                Output("stage2", "scenes-stage2", _STAGE2),
+                Output("bench", "scenes-bench", _BENCH, eval_only=True),
+            ),
+            read_scenes,
+        ),
+    )
+}

@@ -1,0 +1,115 @@
+"""Output of the preprocessing: split/shard placement, shard files, manifest.json, rejected.jsonl.
+
+Placement is a function of the record id alone (validation if the id's first 64 bits, read as
+a fraction, fall below --validation-fraction; shard = the next 64 bits modulo N), and each
+shard file is written whole by one call with its records sorted by id, so the bytes of every
+file depend only on the set of records, not on how the work was split.
+
+A split that has records gets all N of its shard files (some possibly empty); shard files of
+an earlier run that this run does not produce (another N, a split now empty) are removed.
+
+    python -c "from data_pipeline import write; print(write.place('0123abcd' * 4, 8, 0.2, False))"
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from reasonclip_jax import records
+
+SHARD_OPTIONS = "group_size:1"  # one record per chunk: random access for Grain
+MANIFEST = "manifest.json"
+REJECTED = "rejected.jsonl"
+
+
+def place(
+    record_id: str, num_shards: int, validation_fraction: float, eval_only: bool
+) -> tuple[str, int]:
+    """(split, shard) of a record: "test" for evaluation sets, else "train" or "validation"."""
+    if eval_only:
+        split = "test"
+    else:
+        split = "validation" if int(record_id[:16], 16) < validation_fraction * 2**64 else "train"
+    return split, int(record_id[16:32], 16) % num_shards
+
+
+def _replace(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def write_shard(
+    directory: str, split: str, shard: int, num_shards: int, items: Iterable[tuple[str, bytes]]
+) -> str:
+    """Writes (id, encoded record) pairs as one shard file, sorted by id; returns its name."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    name = records.shard_name(split, shard, num_shards)
+    path = os.path.join(directory, name)
+    tmp = f"{path}.tmp"  # a retried or crashed attempt never leaves a half-written shard
+    writer = ArrayRecordWriter(tmp, SHARD_OPTIONS)
+    for _, data in sorted(items, key=lambda item: item[0]):
+        writer.write(data)
+    writer.close()
+    os.replace(tmp, path)
+    return name
+
+
+def rejection_line(location: str, reason: str, detail: str) -> dict[str, str]:
+    return {"location": location, "reason": reason, "detail": detail}
+
+
+def finalize(
+    directory: str,
+    header: dict[str, Any],
+    input_rows: int,
+    summary: dict[str, Any],
+    rejections: list[dict[str, str]],
+    written: list[str],
+    num_shards: int,
+) -> dict[str, Any]:
+    """Completes a shard directory once every shard is written; returns the manifest."""
+    from data_pipeline.process import natural_key
+
+    splits = summary["splits"]
+    expected = {records.shard_name(s, i, num_shards) for s in splits for i in range(num_shards)}
+    for name in sorted(expected - set(written)):
+        write_shard(directory, *_parse_shard_name(name), items=())
+    for path in records.shard_paths(directory, "*"):
+        if os.path.basename(path) not in expected:
+            os.remove(path)
+
+    rejections = sorted(
+        rejections, key=lambda r: (natural_key(r["location"]), r["reason"], r["detail"])
+    )
+    _replace(
+        os.path.join(directory, REJECTED),
+        b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in rejections),
+    )
+    reasons = collections.Counter(r["reason"] for r in rejections)
+    manifest = {
+        "format_version": records.FORMAT_VERSION,
+        **header,
+        "num_shards": num_shards,
+        "input_rows": input_rows,
+        "written": sum(splits.values()),
+        "rejected": len(rejections),
+        "rejections": dict(sorted(reasons.items())),
+        **summary,
+    }
+    _replace(
+        os.path.join(directory, MANIFEST),
+        json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n",
+    )
+    return manifest
+
+
+def _parse_shard_name(name: str) -> tuple[str, int, int]:
+    split, shard, _, num_shards = name.removesuffix(".array_record").rsplit("-", 3)
+    return split, int(shard), int(num_shards)
