@@ -1,0 +1,96 @@
+"""Model checkpoints: an orbax directory with the parameters and the model config.
+
+Layout (the same as one step of the trainer's CheckpointManager, which adds more items):
+
+    CKPT_DIR/params/        orbax PyTree (StandardSave) of the parameters, float32
+    CKPT_DIR/model_config/  JSON of `ModelConfig`
+
+`load_model` accepts such a directory, a trainer workdir (its latest complete step under
+`checkpoints/`) or a CheckpointManager directory.
+
+    python -c "from reasonclip_jax import checkpoint; print(checkpoint.load_model('CKPT')[1])"
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from reasonclip_jax.errors import UserError
+from reasonclip_jax.model import ModelConfig
+
+PARAMS = "params"
+MODEL_CONFIG = "model_config"
+
+
+def _checkpointer() -> ocp.Checkpointer:
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler(**{
+        PARAMS: ocp.StandardCheckpointHandler(), MODEL_CONFIG: ocp.JsonCheckpointHandler(),
+    }))
+
+
+def save_model(path: str, params: Any, config: ModelConfig) -> None:
+    """Writes params (any pytree of arrays) and the config to a new directory `path`."""
+    path = os.path.abspath(path)
+    if os.path.exists(path):
+        raise UserError(f"{path} already exists; choose a new checkpoint directory")
+    with _checkpointer() as ckptr:
+        ckptr.save(
+            path,
+            ocp.args.Composite(**{
+                PARAMS: ocp.args.StandardSave(params),
+                MODEL_CONFIG: ocp.args.JsonSave(config.to_dict()),
+            }),
+        )
+
+
+def resolve_step_dir(path: str) -> str:
+    """A directory holding `params/` and `model_config/`: `path` itself, or the latest step
+    of a CheckpointManager directory (`path` or `path/checkpoints`)."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise UserError(f"checkpoint {path} does not exist or is not a directory")
+    if os.path.isdir(os.path.join(path, MODEL_CONFIG)):
+        return path
+    for root in (path, os.path.join(path, "checkpoints")):
+        steps = [int(d) for d in os.listdir(root) if d.isdigit()] if os.path.isdir(root) else []
+        # Only finalised steps: orbax writes to a temporary name and renames when complete.
+        steps = [s for s in steps if os.path.isdir(os.path.join(root, str(s), MODEL_CONFIG))]
+        if steps:
+            return os.path.join(root, str(max(steps)))
+    raise UserError(f"{path} is not a reasonclip checkpoint (no '{MODEL_CONFIG}' item found)")
+
+
+def load_model_config(path: str) -> ModelConfig:
+    step_dir = resolve_step_dir(path)
+    with _checkpointer() as ckptr:
+        restored = ckptr.restore(
+            step_dir, ocp.args.Composite(**{MODEL_CONFIG: ocp.args.JsonRestore()})
+        )
+    return ModelConfig.from_dict(dict(restored[MODEL_CONFIG]))
+
+
+def load_model(path: str, target: Any = None) -> tuple[Any, ModelConfig]:
+    """(params, config). Without `target`, params come back as numpy arrays on the host;
+    with a pytree of `jax.ShapeDtypeStruct`s carrying shardings, as sharded `jax.Array`s."""
+    step_dir = resolve_step_dir(path)
+    config = load_model_config(step_dir)
+    if target is None:
+        meta = _params_metadata(step_dir)
+        target = jax.tree.map(
+            lambda m: np.zeros(m.shape, m.dtype), meta, is_leaf=lambda x: hasattr(x, "shape")
+        )
+    with _checkpointer() as ckptr:
+        restored = ckptr.restore(
+            step_dir, ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(target)})
+        )
+    return restored[PARAMS], config
+
+
+def _params_metadata(step_dir: str) -> Any:
+    with _checkpointer() as ckptr:
+        return ckptr.metadata(step_dir).item_metadata[PARAMS]
