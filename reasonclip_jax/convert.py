@@ -3,7 +3,7 @@
     python -m reasonclip_jax.convert import --format hf --input HF_DIR --output CKPT_DIR
     python -m reasonclip_jax.convert import --format openai --input ViT-B-32.pt --output CKPT_DIR
     python -m reasonclip_jax.convert export --format hf --input CKPT_DIR --output HF_DIR
-    python -m reasonclip_jax.convert export --format openai --input CKPT_DIR --output out.safetensors
+    python -m reasonclip_jax.convert export --format openai --input CKPT_DIR --output w.safetensors
 
 `hf`: a transformers `CLIPModel` directory (config.json + model.safetensors, sharded
 safetensors with an index, or pytorch_model.bin). `openai`: OpenAI's released TorchScript

@@ -194,18 +194,21 @@ def _running_init(n: int, with_sumexp: bool, axes: tuple[str, ...]) -> _Running:
     return lax.pcast(stats, axes, to="varying")  # scan carries must be per-device values
 
 
-def _running_merge(stats: _Running, z: jax.Array, first_col: jax.Array) -> _Running:
-    """Merge the block `z` (rows x block columns starting at global column `first_col`)."""
-    block_max = jnp.max(z, axis=1)
-    block_arg = jnp.argmax(z, axis=1).astype(jnp.int32) + first_col
+def _running_merge(stats: _Running, z: jax.Array, first: jax.Array, axis: int) -> _Running:
+    """Merge a logits block whose `axis` runs over the next entries, from global index `first`.
+
+    `axis=1`: the stats are z's rows, the block adds columns; `axis=0`: the stats are z's
+    columns, the block adds rows (reduced in place rather than over a transposed copy).
+    """
+    block_max = jnp.max(z, axis=axis)
+    block_arg = jnp.argmax(z, axis=axis).astype(jnp.int32) + first
     new_max = jnp.maximum(stats.max, block_max)
-    # Blocks arrive out of column order: break exact ties towards the lower index, as argmax.
+    # Blocks arrive out of index order: break exact ties towards the lower index, as argmax.
     take = (block_max > stats.max) | ((block_max == stats.max) & (block_arg < stats.arg))
     sumexp = None
     if stats.sumexp is not None:
-        sumexp = stats.sumexp * jnp.exp(stats.max - new_max) + jnp.sum(
-            jnp.exp(z - new_max[:, None]), axis=1
-        )
+        shifted = z - jnp.expand_dims(new_max, axis)
+        sumexp = stats.sumexp * jnp.exp(stats.max - new_max) + jnp.sum(jnp.exp(shifted), axis)
     return _Running(new_max, jnp.where(take, block_arg, stats.arg), sumexp)
 
 
@@ -235,8 +238,8 @@ def _ring_forward(
         rows, cols, txt_c, loss = carry
         c = (me + k) % world  # global block index of the texts held at this step
         z = _logits(img, txt_c, log_scale, None if softmax else bias)
-        rows = _running_merge(rows, z, c * n)
-        cols = _running_merge(cols, z.T, me * n)
+        rows = _running_merge(rows, z, c * n, axis=1)
+        cols = _running_merge(cols, z, me * n, axis=0)
         if not softmax:
             positive = jnp.where(c == me, jnp.arange(n), -1)  # only the home block has any
             loss = loss + _sigmoid_rows_loss(z, positive)
@@ -305,7 +308,7 @@ def _ring_backward(
             labels = jnp.where(positive, 1.0, -1.0)
             dz = -coef * labels * jax.nn.sigmoid(-labels * (z + bias))
         dimg = dimg + scale * (dz @ txt_c.astype(jnp.float32))
-        dtxt_c = dtxt_c + scale * (dz.T @ img32)
+        dtxt_c = dtxt_c + scale * jnp.einsum("nm,nd->md", dz, img32)
         dlog_scale = dlog_scale + jnp.sum(dz * z)  # dz/dlog_scale = exp(log_scale) * sim
         dbias = dbias + jnp.sum(dz)
         txt_c, col_lse_c, dtxt_c = lax.ppermute((txt_c, col_lse_c, dtxt_c), axes, perm)
