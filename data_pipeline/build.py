@@ -25,13 +25,16 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
-
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from typing import TYPE_CHECKING, Any
 
 from data_pipeline import process, sources, stats, write
 from reasonclip_jax.errors import UserError, exit_on_user_error
+
+if TYPE_CHECKING:
+    import apache_beam as beam
+
+# Beam is imported where the pipeline is built, after the arguments are checked: a bad command
+# line answers at once, in one line, without Beam's import time and import-time warnings.
 
 _REJECTED = "rejected"
 
@@ -79,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_beam_args(beam_args: list[str]) -> None:
     """A flag that neither we nor Beam know is a typo: refuse it instead of dropping it."""
+    if not beam_args:
+        return
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     parsers: list[argparse.ArgumentParser] = []
     PipelineOptions(beam_args).get_all_options(add_extra_args_fn=parsers.append)
     _, unknown = parsers[0].parse_known_args(beam_args)
@@ -87,9 +94,8 @@ def _check_beam_args(beam_args: list[str]) -> None:
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    """Our flags, checked, and the rest (Beam pipeline options)."""
+    """Our flags, checked, and the rest (Beam pipeline options, checked in `run`)."""
     args, beam_args = _parser().parse_known_args(list(argv))
-    _check_beam_args(beam_args)
     for flag, value, lo, hi in (
         ("--num-shards", args.num_shards, 1, 99999),
         ("--max-short-side", args.max_short_side, 1, None),
@@ -117,7 +123,9 @@ def _process(
 ) -> Iterator[Any]:
     result = process.process_row(row, output.name, output.schema, options)
     if isinstance(result, process.Rejection):
-        yield beam.pvalue.TaggedOutput(_REJECTED, result)
+        from apache_beam import pvalue
+
+        yield pvalue.TaggedOutput(_REJECTED, result)
     else:
         yield result
 
@@ -127,13 +135,15 @@ def _by_image(p: process.Processed) -> tuple[str, process.Processed]:
 
 
 def _keep_first(item: tuple[str, Iterable[process.Processed]]) -> Iterator[Any]:
+    from apache_beam import pvalue
+
     ordered = sorted(item[1], key=lambda p: process.natural_key(p.record.key))
     yield ordered[0]
     for dup in ordered[1:]:
         rejection = process.Rejection(
             dup.record.key, process.DUPLICATE, f"same image as {ordered[0].record.key}"
         )
-        yield beam.pvalue.TaggedOutput(_REJECTED, rejection)
+        yield pvalue.TaggedOutput(_REJECTED, rejection)
 
 
 def _place_and_encode(
@@ -180,21 +190,6 @@ def _finalize(
     )
 
 
-class _MergeCounts(beam.CombineFn):
-    def create_accumulator(self) -> Counter:
-        return Counter()
-
-    def add_input(self, acc: Counter, counts: Counter) -> Counter:
-        acc.update(counts)
-        return acc
-
-    def merge_accumulators(self, accs: Iterable[Counter]) -> Counter:
-        return stats.merge(accs)
-
-    def extract_output(self, acc: Counter) -> Counter:
-        return acc
-
-
 def _add_output(
     p: beam.Pipeline,
     rows: beam.PCollection,
@@ -204,6 +199,8 @@ def _add_output(
     header: dict[str, Any],
 ) -> None:
     """Appends the graph of one output directory to the pipeline."""
+    import apache_beam as beam
+
     label = output.subdir or "output"
     options = process.ImageOptions(
         args.max_short_side, args.jpeg_quality, args.min_size, args.max_pixels
@@ -232,7 +229,7 @@ def _add_output(
     counts = (
         kept
         | f"{label}/Stats" >> beam.Map(_stats, *placing)
-        | f"{label}/MergeStats" >> beam.CombineGlobally(_MergeCounts())
+        | f"{label}/MergeStats" >> beam.CombineGlobally(stats.merge)
     )
     rejections = (
         rejected
@@ -297,12 +294,16 @@ def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
         image_size=args.image_size,
     )
     units = sources.list_units(source, args.input, config)
+    _check_beam_args(beam_args)
     directories = {
         o.subdir: os.path.join(args.output, o.subdir) if o.subdir else args.output
         for o in source.outputs
     }
     for d in directories.values():
         os.makedirs(d, exist_ok=True)
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
 
     with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
         rows = (
