@@ -354,4 +354,6 @@ def encode_image(data: bytes, options: ImageOptions) -> tuple[bytes, int, int]:
 
 
 def _short(text: str, limit: int = 160) -> str:
+    """A detail for rejected.jsonl: bounded, and free of object addresses (reruns must match)."""
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
