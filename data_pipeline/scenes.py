@@ -2,19 +2,26 @@
 
 The built-in synthetic data source: every image is a room with three "facts" side by
 side (left, middle, right), one per reasoning category it shows. A fact belongs to a
-family (a cup on a stove, a candle, a stick figure with a ball, ...) and is drawn in one
+family (a pot on a stove, a candle, a stick figure with a ball, ...) and is drawn in one
 of that family's states (5 or 6 of them). The state is the visible cue; it decides the
 inference caption ("the water in the pot is boiling") but never the descriptive caption,
 which names only objects, colours and positions ("a red pot on a stove on the left").
 Descriptive matching therefore cannot tell the states apart, while a model that looks at
 the cue can.
 
+Families, 4 per category (see FAMILIES):
+    S  ball_box, light_shadow, block_stack, overlap_depth
+    A  glass_level, pot_heat, ice_melt, plant_water
+    H  ball_play, gait, bird, box_handling
+    T  window_sky, candle, tree_season, hourglass
+    P  bottle_spill, boulder_hill, brick_tower, plank_load
+
 Benchmark sets (RCLIP-V2/V3 style, 5 per image, tags S/A/H/T/P): one per fact with the
 bare inference as the correct caption, plus two more for two of the facts, chosen at
-random, that state the evidence and the inference ("Steam pours out, so the water is
-boiling."). The 4 negatives of a set are other states of the same family, phrased the
-same way and naming the same objects, so every negative is the correct caption of some
-other image and word overlap gives no hint.
+random, that state the evidence and the inference ("Strong flames heat the pot and steam
+pours out, so the water in the pot is boiling."). The 4 negatives of a set are other
+states of the same family, phrased the same way and naming the same objects, so every
+negative is the correct caption of some other image and word overlap gives no hint.
 
 Draw a contact sheet and print its captions:
 
@@ -70,7 +77,6 @@ GLASS = (225, 238, 245)
 SAND = (225, 180, 80)
 
 GROUND = 0.8  # floor line, as a fraction of the image height
-SLOT_MAX_SIZE = 1.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -221,10 +227,10 @@ BALL_BOX = Family(
 
 def draw_light_shadow(pen: Pen, state: int, a: Attrs) -> None:
     if state == 4:  # light overhead: a small pool of shadow right under the post
-        pen.ellipse(0.5, -0.09, 0.18, 0.09, SHADOW, outline=False)
+        pen.ellipse(0.5, -0.08, 0.13, 0.08, SHADOW, outline=False)
     else:
         d = 1 if state in (0, 1) else -1
-        length = 0.52 if state in (0, 2) else 0.2
+        length = 0.52 if state in (0, 2) else 0.27
         pen.polygon([(0.5 - d * 0.05, 0), (0.5 + d * length, 0), (0.5 + d * length, -0.16),
                      (0.5 - d * 0.05, -0.16)], SHADOW, outline=False)
     post = rgb(a, "post")
@@ -277,12 +283,13 @@ def draw_overlap_depth(pen: Pen, state: int, a: Attrs) -> None:
     front_to_back = ORDERS[state]
     for shape in reversed(front_to_back):
         colour = rgb(a, SHAPES[shape])
+        # Placed so that each pair overlaps somewhere the third shape does not cover.
         if shape == 0:
-            pen.circle(0.64, 1.2, 0.25, colour)
+            pen.circle(0.65, 1.32, 0.24, colour)
         elif shape == 1:
-            pen.rect(0.12, 0.96, 0.6, 1.44, colour)
+            pen.rect(0.13, 1.1, 0.57, 1.54, colour)
         else:
-            pen.polygon([(0.2, 0.62), (0.8, 0.62), (0.5, 1.2)], colour)
+            pen.polygon([(0.14, 1.2), (0.86, 1.2), (0.5, 0.6)], colour)
 
 
 OVERLAP_DEPTH = Family(
@@ -328,8 +335,9 @@ GLASS_LEVEL = Family(
 
 def draw_pot_heat(pen: Pen, state: int, a: Attrs) -> None:
     pen.rect(0.12, 0, 0.88, 0.28, (60, 60, 65))
-    if state == 1:  # just lit: one small blue flame
-        pen.polygon([(0.43, 0.28), (0.57, 0.28), (0.5, 0.4)], (80, 130, 255), outline=False)
+    if state == 1:  # just lit: a row of small blue flames
+        for u in (0.32, 0.5, 0.68):
+            pen.polygon([(u - 0.07, 0.28), (u + 0.07, 0.28), (u, 0.42)], (70, 120, 255), False)
     elif state in (2, 4):  # full heat
         for u in (0.32, 0.5, 0.68):
             pen.polygon([(u - 0.08, 0.28), (u + 0.08, 0.28), (u, 0.5)], FLAME_CORE, False)
@@ -726,8 +734,8 @@ def draw_candle(pen: Pen, state: int, a: Attrs) -> None:
             pen.rect(u - 0.03, v, u + 0.03, top, colour)
     pen.line([(0.5, top), (0.5, top + 0.08)], OUTLINE, 0.025)
     if state in (1, 2, 3):
-        pen.ellipse(0.5, top + 0.18, 0.07, 0.13, FLAME, outline=False)
-        pen.ellipse(0.5, top + 0.14, 0.03, 0.06, FLAME_CORE, outline=False)
+        pen.ellipse(0.5, top + 0.2, 0.09, 0.16, FLAME, outline=False)
+        pen.ellipse(0.5, top + 0.15, 0.04, 0.08, FLAME_CORE, outline=False)
     elif state == 4:  # smoke from a wick that was just put out
         pen.wave(0.5, top + 0.1, top + 0.8, (110, 110, 115), 0.04)
 
@@ -902,8 +910,8 @@ def draw_boulder_hill(pen: Pen, state: int, a: Attrs) -> None:
         pen.polygon([(0.0, 0.0), foot, top], hill)
         center = (0.84, r) if state == 1 else rest_on(top, foot, 0.45, r)
         if state == 4:  # a small stone wedged under the boulder's downhill side
-            su, sv = rest_on(top, foot, 0.45 + 0.22, 0.05)
-            pen.circle(su, sv, 0.06, (70, 70, 75))
+            su, sv = rest_on(top, foot, 0.45 + 0.24, 0.08)
+            pen.circle(su, sv, 0.09, (150, 60, 40))
     elif state == 2:  # balanced on a peak
         pen.polygon([(0.05, 0.0), (0.95, 0.0), (0.5, 1.0)], hill)
         center = (0.5, 1.0 + r)
@@ -916,7 +924,7 @@ def draw_boulder_hill(pen: Pen, state: int, a: Attrs) -> None:
 
 BOULDER_HILL = Family(
     "boulder_hill", P, frozenset({"boulder", "hill"}), "a {boulder} boulder and a {hill} hill",
-    {"boulder": ("grey", "white", "black"), "hill": ("green", "brown", "yellow")},
+    {"boulder": ("grey", "white", "black"), "hill": ("green", "yellow", "teal")},
     (
         ("the boulder is about to roll down the hill",
          "the boulder sits on a steep slope with nothing holding it"),
@@ -951,7 +959,7 @@ def draw_brick_tower(pen: Pen, state: int, a: Attrs) -> None:
     elif state in (1, 4):  # each brick sticking out further than the one below
         bricks = [brick(0.1 + 0.11 * i, i * BRICK_H) for i in range(4)]
         if state == 4:  # a stick propping up the overhang
-            pen.line([(0.98, 0.0), (0.76, 0.9)], WOOD, 0.05)
+            pen.line([(0.98, 0.0), (0.76, 0.9)], WOOD, 0.08)
     else:  # collapsed on the floor
         bricks = [brick(0.02, 0.0), brick(0.54, 0.0),
                   rotate(brick(0.08, BRICK_H), (0.08, 0.26), 12),
@@ -1096,7 +1104,7 @@ def sample_fact(rng: random.Random, family: Family, slot: int) -> FactSpec:
     for name, palette in family.palettes.items():
         attrs[name] = rng.choice([c for c in palette if c not in attrs.values()])
     return FactSpec(family.name, rng.randrange(len(family.states)), slot, attrs,
-                    size=rng.uniform(0.82, SLOT_MAX_SIZE), shift=rng.uniform(-0.06, 0.06))
+                    size=rng.uniform(0.82, 1.0), shift=rng.uniform(-0.04, 0.04))
 
 
 def sample_spec(rng: random.Random) -> SceneSpec:

@@ -1,0 +1,138 @@
+"""Tests of the procedural scene generator.
+
+    .venv/bin/python -m pytest tests/test_scenes.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+
+import numpy as np
+import pytest
+
+from data_pipeline import scenes
+from reasonclip_jax.records import CATEGORIES
+
+
+@pytest.fixture(scope="module")
+def batch() -> list[scenes.Scene]:
+    return list(scenes.make_scenes(300, seed=11))
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z']+", text.lower()))
+
+
+def captions(scene: scenes.Scene) -> tuple:
+    return scene.desc, scene.reason, scene.image_labels, scene.cat_captions, scene.bench_sets
+
+
+def test_same_index_and_seed_give_the_same_scene():
+    a, b = scenes.make_scene(17, seed=3), scenes.make_scene(17, seed=3)
+    assert a.key == b.key == "scene-3-00000017"
+    assert a.image.tobytes() == b.image.tobytes()
+    assert captions(a) == captions(b)
+
+
+def test_other_seed_or_index_gives_other_scenes():
+    base = [scenes.make_scene(i, seed=3) for i in range(10)]
+    other_seed = [scenes.make_scene(i, seed=4) for i in range(10)]
+    for a, b in zip(base, other_seed, strict=True):
+        assert a.image.tobytes() != b.image.tobytes() or captions(a) != captions(b)
+    assert len({s.image.tobytes() for s in base}) == len(base)
+
+
+def test_captions_do_not_depend_on_image_size():
+    small, large = scenes.make_scene(5, seed=1, image_size=32), scenes.make_scene(5, 1, 200)
+    assert captions(small) == captions(large)
+
+
+@pytest.mark.parametrize("size", [32, 64, 97, 256])
+def test_image_size_and_mode(size):
+    image = scenes.make_scene(2, seed=0, image_size=size).image
+    assert image.mode == "RGB" and image.size == (size, size)
+
+
+def test_every_category_and_family_appears(batch):
+    assert {c for s in batch for c in s.image_labels} == set(range(5))
+    specs = [scenes.sample_spec(scenes.scene_rng(i, 11)) for i in range(300)]
+    drawn = {f.family for spec in specs for f in spec.facts}
+    assert drawn == set(scenes.FAMILY_BY_NAME)
+
+
+def test_three_sorted_labels_with_one_category_caption_each(batch):
+    for scene in batch:
+        labels = scene.image_labels
+        assert len(labels) == 3 and len(set(labels)) == 3 and list(labels) == sorted(labels)
+        assert all(0 <= c < 5 for c in labels)
+        assert tuple(c for c, _ in scene.cat_captions) == labels
+
+
+def test_bench_sets(batch):
+    for scene in batch:
+        assert len(scene.bench_sets) == 5
+        tags = {CATEGORIES[c] for c in scene.image_labels}
+        for s in scene.bench_sets:
+            assert s["tag"] in tags
+            assert len(s["neg"]) == 4 and len(set(s["neg"])) == 4
+            assert s["gt"] not in s["neg"]
+
+
+def test_caption_limits(batch):
+    for scene in batch:
+        for text in scene.desc:
+            assert len(text.split()) <= 50
+        for text in scene.reason:
+            assert len(text.split()) <= 50 and text.count(".") <= 2
+        for _, text in scene.cat_captions:
+            assert len(text.split()) <= 30
+        for s in scene.bench_sets:
+            assert all(len(t.split()) <= 30 for t in [s["gt"], *s["neg"]])
+
+
+def test_every_state_of_a_family_means_something_else():
+    for family in scenes.FAMILIES:
+        assert len(family.states) >= 5, family.name
+        fact = scenes.sample_fact(scenes.scene_rng(0, 0), family, slot=0)
+        states = range(len(family.states))
+        assert len({fact.inference(s) for s in states}) == len(family.states), family.name
+        assert len({fact.evidence(s) for s in states}) == len(family.states), family.name
+        assert all(len(scenes.with_evidence(fact, s).split()) <= 30 for s in states)
+
+
+@pytest.mark.parametrize("family", scenes.FAMILIES, ids=lambda f: f.name)
+def test_the_cue_decides_the_inference_not_the_description(family):
+    # The first scene that shows this family, redrawn in each of the family's states with
+    # everything else kept. Every state must look different and mean something different,
+    # while the descriptive captions stay word for word the same.
+    spec = next(s for s in (scenes.sample_spec(scenes.scene_rng(i, 0)) for i in range(1000))
+                if any(f.family == family.name for f in s.facts))
+    k = next(i for i, f in enumerate(spec.facts) if f.family == family.name)
+    drawn = []
+    for state in range(len(family.states)):
+        facts = list(spec.facts)
+        facts[k] = dataclasses.replace(facts[k], state=state)
+        scene = scenes.render_scene(dataclasses.replace(spec, facts=tuple(facts)), "key", 64,
+                                    scenes.scene_rng(0, 0))
+        drawn.append((np.asarray(scene.image), scene))
+    for (pixels_a, a), (pixels_b, b) in itertools.combinations(drawn, 2):
+        assert a.desc == b.desc
+        changed = np.abs(pixels_a.astype(int) - pixels_b.astype(int)).max(-1) > 40
+        assert changed.sum() >= 8  # a cue a small model can see, not a stray pixel
+        assert a.cat_captions[k] != b.cat_captions[k]
+        assert a.bench_sets[k]["gt"] != b.bench_sets[k]["gt"]
+
+
+def test_descriptive_word_matching_is_at_chance(batch):
+    # Pick the candidate sharing the most words with the descriptive captions (ties split):
+    # it should do no better than guessing among 5.
+    hits = []
+    for scene in batch:
+        seen = set().union(*(words(d) for d in scene.desc))
+        for s in scene.bench_sets:
+            scores = [len(words(c) & seen) / len(words(c)) for c in [s["gt"], *s["neg"]]]
+            best = [i for i, x in enumerate(scores) if x == max(scores)]
+            hits.append((0 in best) / len(best))
+    assert np.mean(hits) < 0.27
