@@ -255,7 +255,7 @@ def _add_output(
     )
 
 
-def _header(
+def manifest_header(
     args: argparse.Namespace, source: sources.Source, output: sources.Output
 ) -> dict[str, Any]:
     """What the manifest records about how it was made (no Beam runner options: same data,
@@ -324,7 +324,7 @@ def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
                 output,
                 directories[output.subdir],
                 args,
-                _header(args, source, output),
+                manifest_header(args, source, output),
             )
 
     from reasonclip_jax.records import read_manifest
