@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from data_pipeline import process, sources, stats, write
 from reasonclip_jax.errors import UserError, exit_on_user_error
+from reasonclip_jax.records import encode_record, read_manifest
 
 if TYPE_CHECKING:
     import apache_beam as beam
@@ -149,19 +150,17 @@ def _keep_first(item: tuple[str, Iterable[process.Processed]]) -> Iterator[Any]:
 def _place_and_encode(
     p: process.Processed, num_shards: int, fraction: float, eval_only: bool
 ) -> Any:
-    from reasonclip_jax.records import encode_record
-
-    return place_of(p, num_shards, fraction, eval_only), (p.record.id, encode_record(p.record))
+    return _place(p, num_shards, fraction, eval_only), (p.record.id, encode_record(p.record))
 
 
-def place_of(
+def _place(
     p: process.Processed, num_shards: int, fraction: float, eval_only: bool
 ) -> tuple[str, int]:
     return write.place(p.record.id, num_shards, fraction, eval_only)
 
 
 def _stats(p: process.Processed, num_shards: int, fraction: float, eval_only: bool) -> Counter:
-    return stats.record_stats(p.record, place_of(p, num_shards, fraction, eval_only)[0])
+    return stats.record_stats(p.record, _place(p, num_shards, fraction, eval_only)[0])
 
 
 def _write_group(
@@ -326,8 +325,6 @@ def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
                 args,
                 manifest_header(args, source, output),
             )
-
-    from reasonclip_jax.records import read_manifest
 
     return {d: read_manifest(d) for d in directories.values()}
 

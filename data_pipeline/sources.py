@@ -163,7 +163,7 @@ def _jsonl_rows(unit: Unit) -> Iterator[tuple[int, dict[str, Any]] | RawRow]:
     index = 0
     try:
         with open(unit.path, "rb") as f:
-            for index, line in enumerate(f):  # noqa: B007 (index is read after an error)
+            for index, line in enumerate(f):
                 if not line.strip():
                     continue
                 try:
