@@ -48,13 +48,23 @@ def read_texts(path: str) -> list[str]:
 
 
 class Encoder:
-    """Batched, jitted embedding with fixed batch shapes (one compile per tower)."""
+    """Batched, jitted embedding with fixed batch shapes (one compile per tower).
 
-    def __init__(self, params: Any, config: ModelConfig, batch_size: int = 64):
+    With `mesh`, params may be sharded global arrays (as in the trainer, also across
+    processes); inputs are taken as identical on every process and results come back
+    replicated, so every process gets all embeddings.
+    """
+
+    def __init__(self, params: Any, config: ModelConfig, batch_size: int = 64,
+                 mesh: jax.sharding.Mesh | None = None, dtype: Any = jnp.float32):
         self.params, self.config, self.batch_size = params, config, batch_size
-        model = CLIP(config)
-        self._image = jax.jit(lambda p, x: model.apply({"params": p}, images=x)["image_embeds"])
-        self._text = jax.jit(lambda p, t: model.apply({"params": p}, tokens=t)["text_embeds"])
+        model = CLIP(config, dtype=dtype)
+        out = {} if mesh is None else {"out_shardings": jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec())}
+        self._image = jax.jit(
+            lambda p, x: model.apply({"params": p}, images=x)["image_embeds"], **out)
+        self._text = jax.jit(
+            lambda p, t: model.apply({"params": p}, tokens=t)["text_embeds"], **out)
 
     def _batched(self, fn: Any, inputs: np.ndarray) -> np.ndarray:
         outs = []
