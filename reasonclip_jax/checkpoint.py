@@ -94,3 +94,75 @@ def load_model(path: str, target: Any = None) -> tuple[Any, ModelConfig]:
 def _params_metadata(step_dir: str) -> Any:
     with _checkpointer() as ckptr:
         return ckptr.metadata(step_dir).item_metadata[PARAMS]
+
+
+# ------------------------------------------------------------------------- training runs
+
+TRAIN_STATE = "train_state"
+DATA_ITER = "data_iter"
+
+
+def train_manager(directory: str, keep: int, async_save: bool = True
+                  ) -> ocp.CheckpointManager:
+    """The trainer's CheckpointManager: each step holds params, train_state (optimizer state,
+    step, counters), model_config and the input iterator's state (one file per process).
+
+    Incomplete steps (a save killed half-way) are never listed: orbax writes to a temporary
+    directory and renames it when the save is committed.
+    """
+    import grain
+
+    handlers = {
+        PARAMS: ocp.StandardCheckpointHandler(),
+        TRAIN_STATE: ocp.StandardCheckpointHandler(),
+        MODEL_CONFIG: ocp.JsonCheckpointHandler(),
+        DATA_ITER: grain.checkpoint.CheckpointHandler(),
+    }
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+        cleanup_tmp_directories=True,
+    )
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for name, handler in handlers.items():
+        for args_type in _args_types(name):
+            registry.add(name, args_type, handler)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                 handler_registry=registry)
+
+
+def _args_types(item: str) -> tuple[type, ...]:
+    import grain
+
+    if item == MODEL_CONFIG:
+        return (ocp.args.JsonSave, ocp.args.JsonRestore)
+    if item == DATA_ITER:
+        return (grain.checkpoint.CheckpointSave, grain.checkpoint.CheckpointRestore)
+    return (ocp.args.StandardSave, ocp.args.StandardRestore)
+
+
+def save_train(manager: ocp.CheckpointManager, step: int, params: Any, train_state: Any,
+               config: ModelConfig, data_iter: Any, force: bool = False) -> bool:
+    import grain
+
+    return manager.save(step, force=force, args=ocp.args.Composite(**{
+        PARAMS: ocp.args.StandardSave(params),
+        TRAIN_STATE: ocp.args.StandardSave(train_state),
+        MODEL_CONFIG: ocp.args.JsonSave(config.to_dict()),
+        DATA_ITER: grain.checkpoint.CheckpointSave(data_iter),
+    }))
+
+
+def restore_train(manager: ocp.CheckpointManager, step: int, abstract_params: Any,
+                  abstract_train_state: Any, data_iter: Any | None) -> tuple[Any, Any]:
+    """(params, train_state) restored into the given shardings; sets `data_iter`'s state
+    when given (pass None to position the iterator some other way)."""
+    import grain
+
+    items = {
+        PARAMS: ocp.args.StandardRestore(abstract_params),
+        TRAIN_STATE: ocp.args.StandardRestore(abstract_train_state),
+    }
+    if data_iter is not None:
+        items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    return restored[PARAMS], restored[TRAIN_STATE]

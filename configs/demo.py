@@ -1,0 +1,46 @@
+"""The CPU demo: a tiny CLIP, stage 1 on the built-in synthetic scenes, RCLIP-style eval.
+
+Build the data first (or run `python -m reasonclip_jax.demo`, which does everything):
+
+    python -m data_pipeline.build --source scenes --num-scenes 2000 --seed 0 --output /tmp/scenes
+    python -m reasonclip_jax.train --config configs/demo.py:/tmp/scenes --workdir /tmp/demo
+
+Smoke-test size: `--config.total_steps=5 --config.input.batch_size=16`.
+`configs/demo.py:DATA,stage2` trains stage 2 instead (set --config.init_from to stage 1).
+"""
+
+import os
+
+from configs import common
+
+
+def get_config(arg: str = "/tmp/scenes"):
+    data, _, stage = arg.partition(",")
+    stage = stage or "stage1"
+    c = common.base_config()
+    c.stage = stage
+    c.total_steps = 300
+    c.model.preset = "tiny"
+    c.model.dtype = "float32"
+    c.input.data_dirs = [os.path.join(data, "stage2" if stage == "stage2" else "stage1")]
+    c.input.view = stage
+    c.input.batch_size = 64
+    c.input.image_size = 64
+    c.input.context_length = 77
+    c.input.augment = "center_crop"
+    c.input.worker_count = 0
+    c.input.read_threads = 2
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    # From scratch, so larger learning rates than the continual-pretraining recipe.
+    c.optim.groups = common.optim_groups(1e-3, 1e-3, 1e-2, 1e-3, tower_wd=0.0,
+                                         head_lr=1e-2 if stage == "stage2" else None)
+    c.optim.l2_init = dict(beta=0.0, regex=common.TOWERS_WITHOUT_PROJECTIONS)
+    c.optim.logit_scale_max = 50.0
+    c.log_every = 10
+    c.eval_every = 100
+    c.eval_batch_size = 128
+    c.evals = [dict(type="rclip_bench", name="scenes_bench", data_dir=os.path.join(data, "bench"),
+                    split="test")]
+    c.checkpoint.every_steps = 100
+    c.checkpoint.best_metric = "scenes_bench/accuracy"
+    return c

@@ -1,0 +1,21 @@
+"""Stage-0 baselines: plain InfoNCE on descriptive ("Description CP", the default) or
+reasoning captions ("Reasoning CP": `configs/stage0_clip.py:DATA,reason`).
+
+    python -m reasonclip_jax.train --config configs/stage0_clip.py:/data/cc12m_refined \
+        --workdir /runs/s0 --config.init_from=/ckpt/clip-vit-b32
+"""
+
+from configs import common
+
+
+def get_config(arg: str = "/data/cc12m_refined"):
+    data, _, captions = arg.partition(",")
+    c = common.base_config()
+    c.stage = "stage0"
+    c.input.data_dirs = [data]
+    c.input.view = "stage0"
+    c.input.text_fields = ("reason", "cat_caption") if captions == "reason" else ("desc",)
+    c.input.batch_size = 32768
+    c.grad_accum = dict(micro_batches=2, mode="gradcache")
+    c.optim.l2_init = dict(beta=0.0, regex=common.TOWERS_WITHOUT_PROJECTIONS)
+    return c

@@ -1,0 +1,32 @@
+"""Stage 1, reasoning-aware dual alignment, from OpenAI CLIP weights (the recipe's values).
+
+    python -m reasonclip_jax.convert import --format openai --input ViT-L-14-336px.pt \
+        --output /ckpt/clip-vit-l14-336
+    python -m reasonclip_jax.train --config configs/stage1_clip.py:/data/reasonlite \
+        --workdir /runs/s1 --config.init_from=/ckpt/clip-vit-l14-336 \
+        --config.total_steps=1282   # 1 epoch of 42M triples at 32,768
+
+Global batch 32,768 = 512 x 32 devices x 2 GradCache micro-batches (every negative kept).
+"""
+
+import os
+
+from configs import common
+
+
+def get_config(data: str = "/data/reasonlite"):
+    c = common.base_config()
+    c.stage = "stage1"
+    c.input.data_dirs = [data]
+    c.input.view = "stage1"
+    c.input.batch_size = 32768
+    c.input.image_size = 336
+    c.input.worker_count = 8
+    c.grad_accum = dict(micro_batches=2, mode="gradcache")
+    c.model.dtype = "bfloat16"
+    c.model.remat_policy = "dots_no_batch"
+    c.checkpoint.every_steps = 320  # ~ every 25% of the epoch
+    c.evals = [dict(type="rclip_bench", name="rclip_v3",
+                    data_dir=os.path.join(os.path.dirname(data), "rclip_bench_v3"),
+                    split="test")]
+    return c

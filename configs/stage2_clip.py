@@ -1,0 +1,26 @@
+"""Stage 2, category-structured reasoning, from the stage-1 checkpoint (the recipe's values).
+
+    python -m reasonclip_jax.train --config configs/stage2_clip.py:/data/reasonpro \
+        --workdir /runs/s2 --config.init_from=/runs/s1 --config.total_steps=505
+
+The two category heads are new (init_new_params) and dropped at export.
+`--config.loss.gamma=0` is the "Stage 2 w/o cls" ablation.
+"""
+
+from configs import common
+
+
+def get_config(data: str = "/data/reasonpro"):
+    c = common.base_config()
+    c.stage = "stage2"
+    c.input.data_dirs = [data]
+    c.input.view = "stage2"
+    c.input.batch_size = 32768
+    c.input.image_size = 336
+    c.input.worker_count = 8
+    c.grad_accum = dict(micro_batches=2, mode="gradcache")
+    c.model.remat_policy = "dots_no_batch"
+    c.loss.gamma = 0.05
+    c.optim.groups = common.optim_groups(1e-5, 2e-5, 1e-4, 1e-4, tower_wd=0.05, head_lr=1.5e-3)
+    c.optim.l2_init = dict(beta=0.0, regex=common.TOWERS_WITHOUT_PROJECTIONS)
+    return c
