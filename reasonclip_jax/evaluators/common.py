@@ -1,0 +1,157 @@
+"""What every evaluator shares: the embedding interface and reading a shard-directory split.
+
+An evaluator sees the model only through an `Embedder`: L2-normalised embeddings of
+preprocessed images and of raw texts. `ModelEmbedder` is the real one (a project model,
+through `encode.Encoder`); tests plant embeddings with fakes of the same shape.
+
+Records are read in shard order, so `max_examples=N` always means the same first N records.
+Undecodable images are skipped and counted, never fatal. Images are decoded, preprocessed
+and embedded a chunk at a time, so memory holds the encoded records and the embeddings, not
+the pixels of a whole gallery.
+
+    python -c "from reasonclip_jax.evaluators import common; \
+print(len(common.read_records('out/scenes/bench', 'test')))"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from reasonclip_jax import encode, image_transforms, records
+from reasonclip_jax.model import ModelConfig
+
+DEFAULT_CHUNK = 256  # images decoded and preprocessed at a time
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """L2-normalised embeddings: `images` of float32 [B, S, S, 3] pixels preprocessed with
+    `image_transforms.eval_transform(image, image_size)`, `texts` of raw strings; both
+    return float32 [B, D]."""
+
+    image_size: int
+
+    def images(self, pixels: np.ndarray) -> np.ndarray: ...
+
+    def texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class ModelEmbedder:
+    """An `Embedder` for project model parameters: a jitted `encode.Encoder`.
+
+    `mesh`: params may be sharded global arrays over it (the trainer's); embeddings come back
+    replicated, so in a multi-host run every process gets all of them, provided every
+    process embeds the same inputs (evaluators read the same files everywhere).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        config: ModelConfig,
+        batch_size: int = 64,
+        mesh: jax.sharding.Mesh | None = None,
+        dtype: Any = jnp.float32,
+    ):
+        self.encoder = encode.Encoder(params, config, batch_size, mesh=mesh, dtype=dtype)
+        self.image_size = config.image_size
+
+    def images(self, pixels: np.ndarray) -> np.ndarray:
+        return self.encoder.images(pixels)
+
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encoder.texts(list(texts))
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero), float32."""
+    x = np.asarray(x, np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def read_records(
+    data_dir: str, split: str, max_examples: int | None = None
+) -> list[records.Record]:
+    """The split's records in shard order, the first `max_examples` of them if set."""
+    source = records.ShardDirectory(data_dir, split)
+    n = len(source) if max_examples is None else min(max_examples, len(source))
+    return [source.read(i) for i in range(n)]
+
+
+def preprocess_images(
+    images: Sequence[bytes], image_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes and eval-transforms encoded images.
+
+    Returns (pixels float32 [K, S, S, 3] of the decodable ones, `kept` bool [len(images)]);
+    empty or corrupt images are the False entries of `kept`.
+    """
+    pixels, kept = [], np.zeros(len(images), bool)
+    for i, data in enumerate(images):
+        try:
+            image = image_transforms.decode_image(data)
+        except image_transforms.DECODE_ERRORS:
+            continue
+        pixels.append(image_transforms.eval_transform(image, image_size))
+        kept[i] = True
+    if not pixels:
+        return np.zeros((0, image_size, image_size, 3), np.float32), kept
+    return np.stack(pixels), kept
+
+
+def embed_images(
+    embedder: Embedder, images: Sequence[bytes], chunk_size: int = DEFAULT_CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings [K, D] of the decodable images, `kept` bool [len(images)]), a chunk at a
+    time."""
+    embeds, kept = [], []
+    for start in range(0, len(images), chunk_size):
+        pixels, chunk_kept = preprocess_images(images[start : start + chunk_size],
+                                               embedder.image_size)
+        kept.append(chunk_kept)
+        if len(pixels):
+            embeds.append(np.asarray(embedder.images(pixels), np.float32))
+    kept_all = np.concatenate(kept) if kept else np.zeros(0, bool)
+    return (np.concatenate(embeds) if embeds else np.zeros((0, 0), np.float32)), kept_all
+
+
+def embed_texts(embedder: Embedder, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings [U, D] of the distinct texts in first-seen order, index [len(texts)] of
+    each text's row): captions repeated across a benchmark are embedded once."""
+    rows: dict[str, int] = {}
+    index = np.array([rows.setdefault(t, len(rows)) for t in texts], np.int64)
+    unique = list(rows)
+    embeds = np.asarray(embedder.texts(unique), np.float32) if unique else np.zeros((0, 0))
+    return embeds, index
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedSplit:
+    """The records of a split whose images decoded, and their image embeddings."""
+
+    records: list[records.Record]
+    image_embeds: np.ndarray  # [len(records), D]
+    num_skipped: int
+
+
+def embed_split(
+    embedder: Embedder,
+    data_dir: str,
+    split: str,
+    max_examples: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> EmbeddedSplit:
+    """Reads a split, embeds its images, drops (and counts, and logs) undecodable ones."""
+    recs = read_records(data_dir, split, max_examples)
+    embeds, kept = embed_images(embedder, [r.image for r in recs], chunk_size)
+    skipped = int(len(recs) - kept.sum())
+    if skipped:
+        logging.warning("%s/%s: skipped %d undecodable images", data_dir, split, skipped)
+    return EmbeddedSplit([r for r, k in zip(recs, kept, strict=True) if k], embeds, skipped)

@@ -1,0 +1,565 @@
+"""Evaluators against hand-computed cases and independent float64 references.
+
+    .venv/bin/python -m pytest tests/test_evaluators.py -q -p no:warnings
+
+Fake embedders plant embeddings (images are looked up by their preprocessed pixels, texts by
+their string), so every expected metric is known in advance; one end-to-end test builds a
+small scenes bench with the data pipeline and runs the command line on a random checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+import PIL.Image
+import pytest
+from array_record.python import array_record_module
+
+from reasonclip_jax import checkpoint, evaluate, evaluators, image_transforms, records
+from reasonclip_jax.errors import UserError
+from reasonclip_jax.evaluators import common, rclip_bench, retrieval, zero_shot
+from reasonclip_jax.model import CLIP, get_preset, param_shapes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 16  # image side the fake embedders ask for
+
+
+# ----------------------------------------------------------------------------------------------
+# Fakes and data helpers.
+# ----------------------------------------------------------------------------------------------
+
+
+def png(seed: int, size: int = 20) -> bytes:
+    """A small image of random pixels, distinct per seed."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size + 4, 3), np.uint8)
+    out = io.BytesIO()
+    PIL.Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def fingerprint(pixels: np.ndarray) -> bytes:
+    return np.ascontiguousarray(pixels, np.float32).tobytes()
+
+
+def pixels_of(data: bytes, size: int = SIZE) -> np.ndarray:
+    return image_transforms.eval_transform(image_transforms.decode_image(data), size)
+
+
+class PlantedEmbedder:
+    """An `Embedder` with fixed answers: images by their preprocessed pixels, texts by string.
+
+    `image_vectors` maps encoded image bytes to a vector; texts not in `text_vectors` get a
+    random one derived from the string. Vectors are returned normalised, as a model's are.
+    """
+
+    def __init__(
+        self,
+        image_vectors: dict[bytes, np.ndarray],
+        text_vectors: dict[str, np.ndarray],
+        dim: int,
+        image_size: int = SIZE,
+    ):
+        self.image_size, self.dim = image_size, dim
+        self._images = {fingerprint(pixels_of(k, image_size)): v for k, v in image_vectors.items()}
+        self._texts = dict(text_vectors)
+        self.calls = 0
+
+    def images(self, pixels: np.ndarray) -> np.ndarray:
+        return common.normalize(np.stack([self._images[fingerprint(p)] for p in pixels]))
+
+    def text_vector(self, text: str) -> np.ndarray:
+        if text not in self._texts:
+            seed = int.from_bytes(text.encode()[:32].ljust(32, b"\0"), "little") % 2**63
+            self._texts[text] = np.random.default_rng([seed, len(text)]).normal(size=self.dim)
+        return self._texts[text]
+
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls += 1
+        return common.normalize(np.stack([self.text_vector(t) for t in texts]))
+
+
+def record(i: int, image: bytes, **fields) -> records.Record:
+    return records.Record(id=f"{i:032x}", source="test", key=f"k{i}", image=image, **fields)
+
+
+def write_shards(path: str, recs: Sequence[records.Record], split: str = "test") -> str:
+    """Two shards holding `recs` in order, and a manifest."""
+    os.makedirs(path, exist_ok=True)
+    half = (len(recs) + 1) // 2
+    for shard, part in enumerate((recs[:half], recs[half:])):
+        writer = array_record_module.ArrayRecordWriter(
+            os.path.join(path, records.shard_name(split, shard, 2)), "group_size:1"
+        )
+        for r in part:
+            writer.write(records.encode_record(r))
+        writer.close()
+    with open(os.path.join(path, "manifest.json"), "w") as f:
+        json.dump({"format_version": records.FORMAT_VERSION}, f)
+    return path
+
+
+def basis(dim: int, i: int) -> np.ndarray:
+    v = np.zeros(dim)
+    v[i] = 1.0
+    return v
+
+
+# ----------------------------------------------------------------------------------------------
+# RCLIP-Bench.
+# ----------------------------------------------------------------------------------------------
+
+
+def bench_set(tag: str, gt: str, neg: Sequence[str]) -> dict:
+    return {"tag": tag, "gt": gt, "neg": list(neg)}
+
+
+def test_rclip_bench_planted_answers(tmp_path):
+    # Every distinct caption is its own basis vector; an image is the sum of the captions it
+    # should pick, so we know each set's outcome: right, wrong, or a tie (which is wrong).
+    sets = [
+        [bench_set("S", "s0", ["n0", "n1", "n2", "n3"]),   # right
+         bench_set("A", "a0", ["a1", "n4", "n5", "n6"])],  # picks a1: wrong
+        [bench_set("S", "s1", ["n7", "n8", "n9", "n10"]),  # right
+         bench_set("S", "s2", ["s3", "n11", "n12", "n13"])],  # s2 and s3 equal: tie, wrong
+        [bench_set("A", "a2", ["n0", "n1", "n2", "n3"]),   # right
+         bench_set("H", "h0", ["h0", "n1", "n2", "n3"])],  # a negative equal to gt: tie, wrong
+    ]
+    picks = [["s0", "a1"], ["s1", "s2", "s3"], ["a2", "h0"]]
+    captions = sorted({c for image in sets for s in image for c in [s["gt"], *s["neg"]]})
+    dim = len(captions)
+    text_vectors = {c: basis(dim, i) for i, c in enumerate(captions)}
+    images = [png(i) for i in range(3)]
+    image_vectors = {
+        img: sum(text_vectors[c] for c in pick) for img, pick in zip(images, picks, strict=True)
+    }
+    pairs = enumerate(zip(images, sets, strict=True))
+    recs = [record(i, img, sets=tuple(s)) for i, (img, s) in pairs]
+    recs.insert(1, record(9, b"not an image", sets=(bench_set("P", "p", ["q"] * 4),)))
+    data_dir = write_shards(str(tmp_path / "bench"), recs)
+    embedder = PlantedEmbedder(image_vectors, text_vectors, dim)
+
+    metrics = rclip_bench.evaluate(embedder, data_dir)
+    assert metrics == {
+        "accuracy": 3 / 6, "acc_A": 1 / 2, "acc_H": 0.0, "acc_S": 2 / 3,
+        "num_sets": 6.0, "num_skipped": 1.0,
+    }
+    assert embedder.calls == 1  # all captions embedded at once, each distinct one once
+    first = rclip_bench.evaluate(embedder, data_dir, max_examples=2)  # image 0 and the corrupt
+    assert (first["accuracy"], first["num_sets"], first["num_skipped"]) == (0.5, 2.0, 1.0)
+
+
+def test_rclip_bench_matches_float64_loop(tmp_path):
+    rng = np.random.default_rng(0)
+    dim, words = 6, [f"w{i}" for i in range(12)]
+    images = [png(100 + i) for i in range(7)]
+    tags = ["S", "A", "Rel."]
+
+    def random_set() -> dict:
+        captions = [str(w) for w in rng.choice(words, 5, replace=False)]
+        return bench_set(tags[int(rng.integers(3))], captions[0], captions[1:])
+
+    sets = [tuple(random_set() for _ in range(int(rng.integers(1, 4)))) for _ in images]
+    image_vectors = {img: rng.normal(size=dim) for img in images}
+    embedder = PlantedEmbedder(image_vectors, {w: rng.normal(size=dim) for w in words}, dim)
+    recs = [record(i, img, sets=s) for i, (img, s) in enumerate(zip(images, sets, strict=True))]
+    data_dir = write_shards(str(tmp_path / "bench"), recs)
+
+    correct: dict[str, list[bool]] = {}
+    for img, image_sets in zip(images, sets, strict=True):
+        v = image_vectors[img] / np.linalg.norm(image_vectors[img])
+        for s in image_sets:
+            cos = [
+                float(np.dot(v, embedder.text_vector(c)) / np.linalg.norm(embedder.text_vector(c)))
+                for c in [s["gt"], *s["neg"]]
+            ]
+            correct.setdefault(s["tag"], []).append(cos[0] > max(cos[1:]))
+    every = [c for values in correct.values() for c in values]
+    expected = {"accuracy": sum(every) / len(every)}
+    expected.update({f"acc_{t}": sum(v) / len(v) for t, v in correct.items()})
+    metrics = rclip_bench.evaluate(embedder, data_dir)
+    assert 0 < expected["accuracy"] < 1
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_rclip_bench_rejects_uneven_sets(tmp_path):
+    recs = [record(0, png(0), sets=(bench_set("S", "a", ["b"] * 4), bench_set("S", "c", ["d"])))]
+    data_dir = write_shards(str(tmp_path / "bench"), recs)
+    with pytest.raises(UserError, match="same number"):
+        rclip_bench.evaluate(PlantedEmbedder({png(0): np.ones(3)}, {}, 3), data_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Retrieval.
+# ----------------------------------------------------------------------------------------------
+
+
+def reference_hits(scores: np.ndarray, positive: np.ndarray, k: int) -> float:
+    """Per query, sort the gallery by score, ties with wrong items first (against the model);
+    a hit if the first correct item sits within the top k."""
+    hits = []
+    for row, pos in zip(scores.tolist(), positive.tolist(), strict=True):
+        if not any(pos):
+            continue
+        order = sorted(range(len(row)), key=lambda j: (-row[j], pos[j]))
+        hits.append(next(r for r, j in enumerate(order) if pos[j]) < k)
+    return sum(hits) / len(hits)
+
+
+def reference_recalls(
+    images: np.ndarray, captions: np.ndarray, image_captions: Sequence[Sequence[int]], ks
+) -> dict[str, float]:
+    images, captions = images.astype(np.float64), captions.astype(np.float64)
+    texts = [(i, row) for i, rows in enumerate(image_captions) for row in rows]
+    owners = [{i for i, rows in enumerate(image_captions) if row in rows} for _, row in texts]
+    text_embeds = captions[[row for _, row in texts]]
+    i2t_pos = np.array([[i in own for own in owners] for i in range(len(images))])
+    out = {f"i2t_r{k}": reference_hits(images @ text_embeds.T, i2t_pos, k) for k in ks}
+    t2i_pos = np.array([[i in own for i in range(len(images))] for own in owners])
+    out.update({f"t2i_r{k}": reference_hits(text_embeds @ images.T, t2i_pos, k) for k in ks})
+    return out
+
+
+def test_retrieval_hand_computed_ties_and_shared_captions():
+    # Image 0 has two captions; u4 belongs to images 1 and 2; image 3 has none and equals
+    # image 2. i2t: image 1's only captions (u4) tie with image 0's u3 at 0.8 -> a miss at 1.
+    # t2i: u3 prefers image 1 (0.8) to its own image 0 (0.6); u2 ties images 2 and 3.
+    u = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.6, 0.8, 0], [0, 0.8, 0.6]], np.float32)
+    images = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]], np.float32)
+    image_captions = [[0, 3], [4], [2, 4], []]
+    got = retrieval.recalls(images, u, image_captions, ks=(1, 2, 10))
+    assert got == {
+        "i2t_r1": 2 / 3, "i2t_r2": 1.0, "i2t_r10": 1.0,
+        "t2i_r1": 3 / 5, "t2i_r2": 1.0, "t2i_r10": 1.0,
+    }
+    assert got == pytest.approx(reference_recalls(images, u, image_captions, (1, 2, 10)))
+
+
+def test_retrieval_matches_sorting_reference():
+    rng = np.random.default_rng(1)
+    images = common.normalize(rng.normal(size=(30, 5)))
+    captions = common.normalize(rng.normal(size=(40, 5)))
+    captions[7] = captions[3]  # distinct rows, equal embeddings: exact ties
+    image_captions = [
+        sorted(rng.choice(40, int(rng.integers(0, 4)), replace=False).tolist()) for _ in range(30)
+    ]
+    image_captions[5] = [3, 7]
+    got = retrieval.recalls(images, captions, image_captions, ks=(1, 5, 10))
+    assert got == pytest.approx(reference_recalls(images, captions, image_captions, (1, 5, 10)))
+
+
+@pytest.mark.parametrize("field", ["desc", "reason", "gt"])
+def test_retrieval_caption_fields(tmp_path, field):
+    images = [png(200 + i) for i in range(4)]
+    caps = [[f"c{i}a", f"c{i}b"] for i in range(4)]
+    dim = 8
+    text_vectors = {c: basis(dim, i) for i, c in enumerate(c for pair in caps for c in pair)}
+    # Image i points at its "a" caption; image 3 equally at its own and image 0's.
+    image_vectors = {img: text_vectors[f"c{i}a"] for i, img in enumerate(images)}
+    image_vectors[images[3]] = text_vectors["c3a"] + text_vectors["c0a"]
+    fields = {
+        "desc": lambda c: {"desc": tuple(c)},
+        "reason": lambda c: {"reason": tuple(c)},
+        "gt": lambda c: {"sets": tuple(bench_set("S", x, ["n"] * 4) for x in c)},
+    }[field]
+    pairs = enumerate(zip(images, caps, strict=True))
+    recs = [record(i, img, **fields(c)) for i, (img, c) in pairs]
+    data_dir = write_shards(str(tmp_path / field), recs)
+    got = retrieval.evaluate(PlantedEmbedder(image_vectors, text_vectors, dim), data_dir,
+                             caption_field=field)
+    # i2t: images 0-2 find their "a" caption first; image 3's c3a ties c0a: a miss at 1.
+    # t2i: the "a" captions hit (c0a prefers image 0 to image 3); each "b" scores 0 with
+    # every image, a 4-way tie: a hit at 5 only.
+    assert (got["i2t_r1"], got["i2t_r5"], got["i2t_r10"]) == (3 / 4, 1.0, 1.0)
+    assert (got["t2i_r1"], got["t2i_r5"], got["t2i_r10"]) == (4 / 8, 1.0, 1.0)
+    assert (got["num_images"], got["num_texts"], got["num_skipped"]) == (4.0, 8.0, 0.0)
+
+
+def test_retrieval_unknown_caption_field(tmp_path):
+    data_dir = write_shards(str(tmp_path / "d"), [record(0, png(0), desc=("a",))])
+    with pytest.raises(UserError, match="caption_field"):
+        retrieval.evaluate(PlantedEmbedder({}, {}, 2), data_dir, caption_field="title")
+
+
+# ----------------------------------------------------------------------------------------------
+# Zero-shot classification.
+# ----------------------------------------------------------------------------------------------
+
+
+class ArrayEmbedder(PlantedEmbedder):
+    """Images are their own embeddings: the first `dim` values of each pixel array."""
+
+    def images(self, pixels: np.ndarray) -> np.ndarray:
+        return common.normalize(pixels.reshape(len(pixels), -1)[:, : self.dim])
+
+
+def as_pixels(vectors: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(vectors), SIZE, SIZE, 3), np.float32)
+    out.reshape(len(vectors), -1)[:, : vectors.shape[1]] = vectors
+    return out
+
+
+def reference_class_matrix(embedder, classnames, templates) -> np.ndarray:
+    rows = []
+    for c in classnames:
+        prompts = [t.replace("{c}", c).replace("{}", c) for t in templates]
+        vecs = np.stack([embedder.text_vector(p) for p in prompts]).astype(np.float64)
+        mean = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).mean(axis=0)
+        rows.append(mean / np.linalg.norm(mean))
+    return np.stack(rows)
+
+
+def reference_topk(image_embeds, class_matrix, labels, k) -> float:
+    logits = image_embeds.astype(np.float64) @ class_matrix.T
+    return reference_hits(logits, np.eye(class_matrix.shape[0], dtype=bool)[labels], k)
+
+
+class UnnormalisedTexts(ArrayEmbedder):
+    """Text vectors of unequal norms, as planted: the ensemble must normalise each prompt."""
+
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        return np.stack([self.text_vector(t) for t in texts]).astype(np.float32)
+
+
+def test_template_ensemble_is_normalised_mean_in_float64():
+    rng = np.random.default_rng(2)
+    classnames, templates = ["cat", "dog", "car"], ["a photo of a {c}.", "{} again", "art of {c}"]
+    embedder = UnnormalisedTexts({}, {}, dim=4)
+    for c in classnames:
+        for t in templates:
+            prompt = t.replace("{c}", c).replace("{}", c)
+            embedder._texts[prompt] = rng.normal(size=4) * rng.uniform(0.1, 10)
+    got = zero_shot.class_embeddings(embedder, classnames, templates)
+    np.testing.assert_allclose(got, reference_class_matrix(embedder, classnames, templates),
+                               atol=1e-6)
+    with pytest.raises(UserError, match="placeholder"):
+        zero_shot.class_embeddings(embedder, classnames, ["no placeholder"])
+
+
+def test_zero_shot_known_class_directions_and_ties():
+    classnames = [f"class{i}" for i in range(8)]
+    templates = ["a {c}"]
+    dim = 8
+    embedder = ArrayEmbedder({}, {f"a class{i}": basis(dim, i) for i in range(8)}, dim)
+    images = np.array([
+        basis(dim, 0),                                  # label 0: right
+        basis(dim, 1) + 0.5 * basis(dim, 2),            # label 2: second -> top5 only
+        basis(dim, 3) + basis(dim, 4),                  # label 3: tied with 4 -> top5 only
+        sum(basis(dim, i) for i in range(1, 7)),        # label 0: six classes above it -> miss
+    ])
+    labels = np.array([0, 2, 3, 0])
+    got = zero_shot.evaluate_arrays(embedder, as_pixels(images), labels, classnames, templates)
+    assert got == {"top1": 1 / 4, "top5": 3 / 4, "num_images": 4.0, "num_skipped": 0.0}
+    few = zero_shot.evaluate_arrays(embedder, as_pixels(images[:1]), labels[:1], classnames[:3],
+                                    templates)
+    assert set(few) == {"top1", "num_images", "num_skipped"}  # no top5 with 5 classes or fewer
+
+
+def test_zero_shot_matches_reference_on_random_data():
+    rng = np.random.default_rng(3)
+    classnames = [f"c{i}" for i in range(12)]
+    templates = ["a photo of {c}", "{}", "a {c} drawing"]
+    embedder = ArrayEmbedder({}, {}, dim=6)
+    images = rng.normal(size=(50, 6))
+    labels = rng.integers(0, 12, 50)
+    got = zero_shot.evaluate_arrays(embedder, as_pixels(images), labels, classnames, templates)
+    classes = reference_class_matrix(embedder, classnames, templates)
+    for k in (1, 5):
+        assert got[f"top{k}"] == pytest.approx(reference_topk(images, classes, labels, k))
+
+
+def write_wds(root: str, samples: Sequence[tuple[str, dict[str, bytes]]], split: str = "test"):
+    os.makedirs(os.path.join(root, split), exist_ok=True)
+    half = len(samples) // 2
+    for shard, part in ((10, samples[half:]), (2, samples[:half])):  # natural order: 2, 10
+        with tarfile.open(os.path.join(root, split, f"{shard}.tar"), "w") as tar:
+            for key, files in part:
+                for ext, data in files.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+
+
+def test_zero_shot_webdataset_directory(tmp_path):
+    root = str(tmp_path / "wds_tiny")
+    classnames, templates = ["apple", "boat", "cloud"], ["a photo of a {c}.", "a {c}."]
+    os.makedirs(root)
+    with open(os.path.join(root, zero_shot.CLASSNAMES_FILE), "w") as f:
+        f.write("\n".join(classnames) + "\n")
+    with open(os.path.join(root, zero_shot.TEMPLATES_FILE), "w") as f:
+        f.write("\n".join(templates) + "\n")
+    dim = 3
+    text_vectors = {t.replace("{c}", c): basis(dim, i)
+                    for i, c in enumerate(classnames) for t in templates}
+    images = [png(300 + i) for i in range(5)]
+    labels = [0, 1, 2, 1, 0]
+    answers = [0, 1, 2, 0, 0]  # the image points at this class: 4 of 5 right
+    image_vectors = {img: basis(dim, a) for img, a in zip(images, answers, strict=True)}
+    samples = [(f"s{i:04d}", {"jpg" if i % 2 else "png": img, "cls": f"{lab}\n".encode()})
+               for i, (img, lab) in enumerate(zip(images, labels, strict=True))]
+    samples.insert(2, ("s_nolabel", {"png": png(399)}))
+    samples.insert(4, ("s_corrupt", {"webp": b"garbage", "cls": b"1"}))
+    write_wds(root, samples)
+    embedder = PlantedEmbedder(image_vectors, text_vectors, dim)
+    got = zero_shot.evaluate(embedder, root)
+    assert got == {"top1": 4 / 5, "num_images": 5.0, "num_skipped": 2.0}
+    # The first 4 samples in shard order: s0000, s0001, s_nolabel, s0002.
+    assert zero_shot.evaluate(embedder, root, max_examples=4) == {
+        "top1": 1.0, "num_images": 3.0, "num_skipped": 1.0,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry, configs, command line.
+# ----------------------------------------------------------------------------------------------
+
+
+def test_run_evaluators_prefixes_and_checks(tmp_path):
+    image, other = png(400), png(401)
+    data_dir = write_shards(str(tmp_path / "d"), [
+        record(0, image, desc=("x",), sets=(bench_set("T", "x", ["y"] * 4),)),
+        record(1, other, desc=("y",), sets=(bench_set("T", "y", ["x"] * 4),)),
+    ])
+    embedder = PlantedEmbedder({image: basis(2, 0), other: basis(2, 1)},
+                               {"x": basis(2, 0), "y": basis(2, 1)}, 2)
+    configs = [
+        ml_collections.ConfigDict({"type": "rclip_bench", "name": "bench", "data_dir": data_dir,
+                                   "split": "test", "max_examples": None}),
+        {"type": "retrieval", "data_dir": data_dir},
+    ]
+    got = evaluators.run_evaluators(configs, embedder)
+    assert got["bench/accuracy"] == 1.0 and got["bench/acc_T"] == 1.0
+    assert got["retrieval/i2t_r1"] == 1.0 and got["retrieval/t2i_r10"] == 1.0
+    assert set(evaluators.EVALUATORS) == {"rclip_bench", "retrieval", "zero_shot"}
+
+    bad = [
+        ({"type": "nope", "data_dir": data_dir}, "unknown evaluator type"),
+        ({"type": "retrieval", "data_dir": data_dir, "spilt": "test"}, "unknown keys"),
+        ({"type": "zero_shot"}, "missing keys"),
+        ({"type": "zero_shot", "data_dir": str(tmp_path / "none")}, "not a directory"),
+    ]
+    for config, message in bad:
+        with pytest.raises(UserError, match=message):
+            evaluators.run_evaluators([config], embedder)
+    with pytest.raises(UserError, match="repeat"):
+        evaluators.run_evaluators([configs[1], configs[1]], embedder)
+
+
+def test_model_embedder_is_an_embedder():
+    config = get_preset("tiny", image_size=32)
+    embedder = common.ModelEmbedder(random_params(config), config, batch_size=4)
+    assert isinstance(embedder, common.Embedder) and embedder.image_size == 32
+
+
+def random_params(config, seed: int = 0):
+    """Random weights of the model's shapes: normal(0.02) matrices, LayerNorms at identity.
+
+    (`init_params` would compile the whole model; the evaluators only need random weights.)
+    """
+    rng = np.random.default_rng(seed)
+
+    def fill(path, shape):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name and "logit" not in name:
+            return np.ones(shape.shape, np.float32)
+        if "bias" in name:
+            return np.zeros(shape.shape, np.float32)
+        if "logit_scale" in name:
+            return np.full(shape.shape, math.log(1 / 0.07), np.float32)
+        return rng.normal(0, 0.02, shape.shape).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, param_shapes(CLIP(config)))
+
+
+@pytest.fixture(scope="module")
+def scenes_dir(tmp_path_factory):
+    from data_pipeline import build
+
+    out = str(tmp_path_factory.mktemp("scenes"))
+    build.run(["--source", "scenes", "--num-scenes", "20", "--seed", "5", "--image-size", "32",
+               "--output", out])
+    return out
+
+
+def test_cli_end_to_end_on_scenes_bench(scenes_dir, tmp_path):
+    config = get_preset("tiny", image_size=32)
+    ckpt = str(tmp_path / "ckpt")
+    checkpoint.save_model(ckpt, random_params(config), config)
+    output = str(tmp_path / "metrics.json")
+    bench = os.path.join(scenes_dir, "bench")
+    evaluate.main(["--checkpoint", ckpt, "--eval", f"rclip_bench:{bench}",
+                   "--eval", f"retrieval:{bench}", "caption_field=gt", "max_examples=none",
+                   "--output", output, "--batch-size", "16"])
+    with open(output) as f:
+        metrics = json.load(f)
+    tags = {s["tag"] for r in records.ShardDirectory(bench, "test").read_all() for s in r.sets}
+    assert {f"rclip_bench/acc_{t}" for t in tags} <= set(metrics) and len(tags) >= 3
+    assert metrics["rclip_bench/num_sets"] == 100 and metrics["rclip_bench/num_skipped"] == 0
+    assert 0.05 <= metrics["rclip_bench/accuracy"] <= 0.45  # a random model: near 1/5
+    for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"):
+        assert 0.0 <= metrics[f"retrieval/{key}"] <= 1.0
+
+
+class OracleEmbedder:
+    """Knows the answers: image i is basis vector i, a text is the normalised indicator of the
+    images it is a correct caption of (the bench's `gt`s)."""
+
+    def __init__(self, recs: Sequence[records.Record], image_size: int):
+        self.image_size = image_size
+        self.index = {fingerprint(pixels_of(r.image, image_size)): i for i, r in enumerate(recs)}
+        self.owners: dict[str, list[int]] = {}
+        for i, r in enumerate(recs):
+            for s in r.sets:
+                self.owners.setdefault(s["gt"], []).append(i)
+        self.dim = len(recs)
+
+    def images(self, pixels: np.ndarray) -> np.ndarray:
+        return np.stack([basis(self.dim, self.index[fingerprint(p)]) for p in pixels])
+
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        return common.normalize(np.stack(
+            [sum((basis(self.dim, i) for i in self.owners.get(t, [])), np.zeros(self.dim))
+             for t in texts]
+        ))
+
+
+def test_oracle_reaches_full_marks_on_scenes_bench(scenes_dir):
+    bench = os.path.join(scenes_dir, "bench")
+    oracle = OracleEmbedder(records.ShardDirectory(bench, "test").read_all(), image_size=32)
+    assert rclip_bench.evaluate(oracle, bench)["accuracy"] == 1.0
+    got = retrieval.evaluate(oracle, bench, caption_field="gt")
+    assert all(got[f"{d}_r{k}"] == 1.0 for d in ("i2t", "t2i") for k in (1, 5, 10))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--eval", "rclip_bench:{tmp}"], "--checkpoint"),
+    (["--checkpoint", "{tmp}", "--eval", "bogus:{tmp}"], "unknown type 'bogus'"),
+    (["--checkpoint", "{tmp}", "--eval", "retrieval:{tmp}", "max_examples=many"], "integer"),
+    (["--checkpoint", "{tmp}", "--eval", "retrieval:{tmp}", "colour=red"], "unknown keys"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err
+
+
+def test_cli_bad_argument_exits_2_in_a_subprocess(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "reasonclip_jax.evaluate", "--checkpoint", str(tmp_path),
+         "--eval", f"rclip_bench:{tmp_path / 'missing'}"],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
