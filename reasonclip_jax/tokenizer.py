@@ -49,9 +49,11 @@ _WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 # The same pattern on cleaned ASCII text (lower case, no whitespace but " "): there \p{L} is
 # [a-z], \p{N} is [0-9], \s is " ", and stdlib `re` is twice as fast as `regex`.
 _ASCII_WORD_PATTERN = r"""'(?:s|t|re|ve|m|ll|d)|[a-z]+|[0-9]|[^ a-z0-9]+"""
-# Printable ASCII without "&", plus tab, newline and carriage return. ftfy leaves such text
-# alone except for turning "\r" into "\n", which the whitespace collapse erases anyway.
-_SKIPS_FTFY_AND_HTML = re.compile(r"[\t\n\r\x20-\x25\x27-\x7e]*")
+# Printable ASCII, tab, newline and carriage return, with "&" only before whitespace or at the
+# end: no HTML entity can start there, and ftfy leaves such text alone but for "\r" -> "\n",
+# which the whitespace collapse erases anyway.
+_PLAIN_ASCII = r"[\t\n\r\x20-\x25\x27-\x7e]*"
+_SKIPS_FTFY_AND_HTML = re.compile(rf"{_PLAIN_ASCII}(?:&(?=[\t\n ]|\Z){_PLAIN_ASCII})*")
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -81,12 +83,14 @@ class Tokenizer:
         self,
         vocab_path: str = VOCAB_PATH,
         special_tokens: tuple[str, str] = OPENAI_SPECIAL_TOKENS,
-        word_cache_size: int = 2**18,
+        cache_size: int = 2**18,
     ):
         for token in special_tokens:
             if not (token.isascii() and token.isprintable() and token == token.lower()):
                 raise ValueError(f"special token {token!r} must be lower-case printable ASCII")
-        self._init_args = (vocab_path, special_tokens, word_cache_size)
+            if " " in token:
+                raise ValueError(f"special token {token!r} must not contain a space")
+        self._init_args = (vocab_path, special_tokens, cache_size)
         byte_encoder = bytes_to_unicode()
         with gzip.open(vocab_path) as f:
             lines = f.read().decode("utf-8").split("\n")
@@ -96,6 +100,7 @@ class Tokenizer:
         vocab += list(special_tokens)
         self.encoder = {token: i for i, token in enumerate(vocab)}
         self.decoder = dict(enumerate(vocab))
+        self.merges = merges
         self.merge_ranks = {pair: rank for rank, pair in enumerate(merges)}
         self.start_of_text_id = self.encoder[special_tokens[0]]
         self.end_of_text_id = self.encoder[special_tokens[1]]
@@ -107,7 +112,12 @@ class Tokenizer:
         self._pattern = regex.compile(f"{specials}|{_WORD_PATTERN}", regex.IGNORECASE)
         specials_ascii = "|".join(re.escape(t) for t in special_tokens)
         self._ascii_pattern = re.compile(f"{specials_ascii}|{_ASCII_WORD_PATTERN}")
-        self.word_ids = functools.lru_cache(maxsize=word_cache_size)(self._word_ids_uncached)
+        # Two levels: space-separated chunks ("dog," -> ids) spare the regex on warm text, and
+        # words ("dog") spare the BPE. No match of either pattern contains a space, so
+        # splitting at spaces first gives the same words.
+        cache = functools.lru_cache(maxsize=cache_size)
+        self.chunk_ids = cache(self._chunk_ids_uncached)
+        self.word_ids = cache(self._word_ids_uncached)
 
     def __reduce__(self):
         # Rebuild from the file in worker processes instead of pickling the cache.
@@ -120,12 +130,12 @@ class Tokenizer:
     def bpe(self, word: str) -> list[str]:
         """Merges a byte-encoded word: the lowest-ranked adjacent pair, all of it, until none."""
         symbols = [*word[:-1], word[-1] + _END_OF_WORD]
-        ranks = self.merge_ranks
+        rank_of, unranked = self.merge_ranks.get, itertools.repeat(NUM_MERGES)
         while len(symbols) > 1:
-            pairs = itertools.pairwise(symbols)
-            rank, first, second = min((ranks.get(p, NUM_MERGES), *p) for p in pairs)
+            rank = min(map(rank_of, itertools.pairwise(symbols), unranked))
             if rank == NUM_MERGES:
                 break
+            first, second = self.merges[rank]
             merged, i, n = [], 0, len(symbols)
             while i < n:
                 if i < n - 1 and symbols[i] == first and symbols[i + 1] == second:
@@ -143,11 +153,16 @@ class Tokenizer:
         encoded = word.encode("utf-8").decode("latin-1").translate(self._byte_table)
         return tuple(self.encoder[s] for s in self.bpe(encoded))
 
+    def _chunk_ids_uncached(self, chunk: str) -> tuple[int, ...]:
+        pattern = self._ascii_pattern if chunk.isascii() else self._pattern
+        return tuple(itertools.chain.from_iterable(map(self.word_ids, pattern.findall(chunk))))
+
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, without start/end tokens (OpenAI's `encode`)."""
-        text = clean(text)
-        pattern = self._ascii_pattern if text.isascii() else self._pattern
-        return list(itertools.chain.from_iterable(map(self.word_ids, pattern.findall(text))))
+        # Same chunks as clean(text).split(): lower() keeps ASCII whitespace as it is.
+        skip = _SKIPS_FTFY_AND_HTML.fullmatch(text)
+        chunks = text.lower().split() if skip else clean(text).split()
+        return list(itertools.chain.from_iterable(map(self.chunk_ids, chunks)))
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ids, word ends as spaces (OpenAI's `decode`); strip padding zeros first."""
@@ -158,19 +173,23 @@ class Tokenizer:
     def __call__(
         self, texts: str | Sequence[str], context_length: int = CLIP_CONTEXT_LENGTH
     ) -> np.ndarray:
-        """Int32 [len(texts), context_length]: start, ids, end, zeros; long texts keep end last."""
-        if context_length < 1:
-            raise ValueError(f"context_length must be >= 1, got {context_length}")
+        """Int32 [len(texts), context_length]: start, ids, end, zeros.
+
+        A text too long keeps its first `context_length - 2` ids, so the row still ends with
+        the end token (OpenAI's and open_clip's truncation).
+        """
+        if context_length < 2:
+            raise ValueError(f"context_length must be >= 2 (start and end), got {context_length}")
         if isinstance(texts, str):
             texts = [texts]
-        rows = np.zeros((len(texts), context_length), np.int32)
-        start, end = self.start_of_text_id, self.end_of_text_id
-        for row, text in zip(rows, texts, strict=True):
-            tokens = [start, *self.encode(text), end]
-            if len(tokens) > context_length:
-                tokens = tokens[:context_length]
-                tokens[-1] = end
-            row[: len(tokens)] = tokens
+        bodies = [self.encode(text)[: context_length - 2] for text in texts]
+        lengths = np.fromiter(map(len, bodies), np.int64, count=len(bodies))
+        flat = np.fromiter(itertools.chain.from_iterable(bodies), np.int32, count=lengths.sum())
+        rows = np.zeros((len(bodies), context_length), np.int32)
+        rows[:, 0] = self.start_of_text_id
+        # Body i fills columns 1..lengths[i], in row-major order, as `flat` holds it.
+        rows[:, 1:][np.arange(1, context_length) <= lengths[:, None]] = flat
+        rows[np.arange(len(bodies)), lengths + 1] = self.end_of_text_id
         return rows
 
 
