@@ -66,6 +66,11 @@ class Encoder:
         self._text = jax.jit(
             lambda p, t: model.apply({"params": p}, tokens=t)["text_embeds"], **out)
 
+    @property
+    def image_size(self) -> int:
+        """The side of the square images `images` takes (see `evaluators.common.Embedder`)."""
+        return self.config.image_size
+
     def _batched(self, fn: Any, inputs: np.ndarray) -> np.ndarray:
         outs = []
         for start in range(0, len(inputs), self.batch_size):

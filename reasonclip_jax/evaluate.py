@@ -23,8 +23,8 @@ from typing import Any
 import jax
 
 from reasonclip_jax import checkpoint, evaluators
+from reasonclip_jax.encode import Encoder
 from reasonclip_jax.errors import UserError, exit_on_user_error
-from reasonclip_jax.evaluators import common
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     configs = [eval_config(spec) for spec in args.eval]
     evaluators.check_configs(configs)  # before the model loads: a typo fails at once
     params, model_config = checkpoint.load_model(args.checkpoint)
-    embedder = common.ModelEmbedder(jax.device_put(params), model_config, args.batch_size)
+    embedder = Encoder(jax.device_put(params), model_config, args.batch_size)
     metrics = evaluators.run_evaluators(configs, embedder)
     for key, value in metrics.items():
         print(f"{key}: {value:.4f}")

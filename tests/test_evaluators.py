@@ -26,6 +26,7 @@ import pytest
 from array_record.python import array_record_module
 
 from reasonclip_jax import checkpoint, evaluate, evaluators, image_transforms, records
+from reasonclip_jax.encode import Encoder
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.evaluators import common, rclip_bench, retrieval, zero_shot
 from reasonclip_jax.model import CLIP, get_preset, param_shapes
@@ -455,9 +456,9 @@ def test_run_evaluators_prefixes_and_checks(tmp_path):
         evaluators.run_evaluators([configs[1], configs[1]], embedder)
 
 
-def test_model_embedder_is_an_embedder():
+def test_encoder_is_an_embedder():
     config = get_preset("tiny", image_size=32)
-    embedder = common.ModelEmbedder(random_params(config), config, batch_size=4)
+    embedder = Encoder(random_params(config), config, batch_size=4)
     assert isinstance(embedder, common.Embedder) and embedder.image_size == 32
 
 

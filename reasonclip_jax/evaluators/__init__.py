@@ -2,7 +2,7 @@
 
     rclip_bench   RCLIP-Bench set accuracy, overall and per tag        (rclip_bench.py)
     retrieval     image <-> text recall@1/5/10                         (retrieval.py)
-    zero_shot     zero-shot top-1/top-5 with template ensembles         (zero_shot.py)
+    zero_shot     zero-shot top-1/top-5 with template ensembles       (zero_shot.py)
 
 A config lists evaluators as dicts or ConfigDicts, each the keyword arguments of its
 module's `evaluate` plus `type` (a key of `EVALUATORS`) and `name` (the metric prefix,
@@ -13,13 +13,14 @@ default the type):
         dict(type="retrieval", name="scenes_s1", data_dir="out/scenes/stage1", split="train",
              caption_field="desc", max_examples=1000),
     ]
-    metrics = evaluators.run_evaluators(config.evals, common.ModelEmbedder(params, cfg))
+    embedder = encode.Encoder(params, model_config, batch_size, mesh=mesh)
+    metrics = evaluators.run_evaluators(config.evals, embedder)
     # {"scenes_bench/accuracy": ..., "scenes_bench/acc_S": ..., "scenes_s1/i2t_r1": ...}
 
 Multi-host: every process reads and embeds the whole (small) eval set, redundantly, and
-gets the same metrics; `ModelEmbedder(mesh=...)` returns replicated embeddings so this works
-with parameters sharded across processes. Nothing is cached between calls: each call reads
-its data afresh.
+gets the same metrics; `encode.Encoder(..., mesh=mesh)` returns replicated embeddings, so
+this works with parameters sharded across processes. Nothing is cached between calls: each
+call reads and decodes its data afresh.
 
     python -m reasonclip_jax.evaluate --checkpoint CKPT --eval rclip_bench:out/scenes/bench
 """

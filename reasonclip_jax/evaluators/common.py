@@ -1,8 +1,10 @@
 """What every evaluator shares: the embedding interface and reading a shard-directory split.
 
 An evaluator sees the model only through an `Embedder`: L2-normalised embeddings of
-preprocessed images and of raw texts. `ModelEmbedder` is the real one (a project model,
-through `encode.Encoder`); tests plant embeddings with fakes of the same shape.
+preprocessed images and of raw texts. `encode.Encoder(params, model_config, batch_size,
+mesh=...)` is the model's (jitted, fixed batch shapes; with `mesh`, params may be sharded
+across processes and embeddings come back replicated to every process); tests plant
+embeddings with fakes of the same shape.
 
 Records are read in shard order, so `max_examples=N` always means the same first N records.
 Undecodable images are skipped and counted, never fatal. Images are decoded, preprocessed
@@ -17,15 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from reasonclip_jax import encode, image_transforms, records
-from reasonclip_jax.model import ModelConfig
+from reasonclip_jax import image_transforms, records
 
 DEFAULT_CHUNK = 256  # images decoded and preprocessed at a time
 
@@ -34,39 +33,13 @@ DEFAULT_CHUNK = 256  # images decoded and preprocessed at a time
 class Embedder(Protocol):
     """L2-normalised embeddings: `images` of float32 [B, S, S, 3] pixels preprocessed with
     `image_transforms.eval_transform(image, image_size)`, `texts` of raw strings; both
-    return float32 [B, D]."""
+    return float32 [B, D]. `encode.Encoder` is one."""
 
     image_size: int
 
     def images(self, pixels: np.ndarray) -> np.ndarray: ...
 
     def texts(self, texts: Sequence[str]) -> np.ndarray: ...
-
-
-class ModelEmbedder:
-    """An `Embedder` for project model parameters: a jitted `encode.Encoder`.
-
-    `mesh`: params may be sharded global arrays over it (the trainer's); embeddings come back
-    replicated, so in a multi-host run every process gets all of them, provided every
-    process embeds the same inputs (evaluators read the same files everywhere).
-    """
-
-    def __init__(
-        self,
-        params: Any,
-        config: ModelConfig,
-        batch_size: int = 64,
-        mesh: jax.sharding.Mesh | None = None,
-        dtype: Any = jnp.float32,
-    ):
-        self.encoder = encode.Encoder(params, config, batch_size, mesh=mesh, dtype=dtype)
-        self.image_size = config.image_size
-
-    def images(self, pixels: np.ndarray) -> np.ndarray:
-        return self.encoder.images(pixels)
-
-    def texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encoder.texts(list(texts))
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
