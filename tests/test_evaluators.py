@@ -115,6 +115,14 @@ def basis(dim: int, i: int) -> np.ndarray:
     return v
 
 
+def test_embed_images_skips_undecodable_in_any_chunk():
+    good = [png(500), png(501)]
+    embedder = PlantedEmbedder({good[0]: basis(3, 0), good[1]: basis(3, 2)}, {}, 3)
+    embeds, kept = common.embed_images(embedder, [b"", b"junk", *good, b"\xff\xd8"], chunk_size=2)
+    np.testing.assert_array_equal(kept, [False, False, True, True, False])
+    np.testing.assert_array_equal(embeds, [basis(3, 0), basis(3, 2)])
+
+
 # ----------------------------------------------------------------------------------------------
 # RCLIP-Bench.
 # ----------------------------------------------------------------------------------------------

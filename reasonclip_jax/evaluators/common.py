@@ -52,7 +52,8 @@ def normalize(x: np.ndarray) -> np.ndarray:
 def read_records(
     data_dir: str, split: str, max_examples: int | None = None
 ) -> list[records.Record]:
-    """The split's records in shard order, the first `max_examples` of them if set."""
+    """The split's records in shard order, the first `max_examples` of them if set (whether
+    their images decode or not)."""
     source = records.ShardDirectory(data_dir, split)
     n = len(source) if max_examples is None else min(max_examples, len(source))
     return [source.read(i) for i in range(n)]
@@ -86,8 +87,8 @@ def embed_images(
     time."""
     embeds, kept = [], []
     for start in range(0, len(images), chunk_size):
-        pixels, chunk_kept = preprocess_images(images[start : start + chunk_size],
-                                               embedder.image_size)
+        chunk = images[start : start + chunk_size]
+        pixels, chunk_kept = preprocess_images(chunk, embedder.image_size)
         kept.append(chunk_kept)
         if len(pixels):
             embeds.append(np.asarray(embedder.images(pixels), np.float32))

@@ -66,7 +66,7 @@ def evaluate(
     split: str = "test",
     max_examples: int | None = None,
 ) -> dict[str, float]:
-    """RCLIP-Bench metrics of the first `max_examples` images (all if None) of a split."""
+    """RCLIP-Bench metrics of the first `max_examples` records (all if None) of a split."""
     data = common.embed_split(embedder, data_dir, split, max_examples)
     texts: list[str] = []
     set_image, tags = [], []

@@ -98,7 +98,7 @@ def evaluate(
     max_examples: int | None = None,
     caption_field: str = "desc",
 ) -> dict[str, float]:
-    """Retrieval metrics over the first `max_examples` images (all if None) of a split."""
+    """Retrieval metrics over the first `max_examples` records (all if None) of a split."""
     if caption_field not in CAPTION_FIELDS:
         raise UserError(
             f"unknown caption_field '{caption_field}'; choose one of {list(CAPTION_FIELDS)}"

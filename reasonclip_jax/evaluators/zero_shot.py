@@ -23,6 +23,7 @@ arrays.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 import tarfile
@@ -156,39 +157,22 @@ def evaluate(
     split: str = "test",
     max_examples: int | None = None,
 ) -> dict[str, float]:
-    """Zero-shot metrics of the first `max_examples` samples (all if None) of a CLIP_benchmark
-    webdataset split."""
+    """Zero-shot metrics of the first `max_examples` samples (all if None; skipped ones count)
+    of a CLIP_benchmark webdataset split."""
     classnames = read_lines(os.path.join(data_dir, CLASSNAMES_FILE))
     templates = read_lines(os.path.join(data_dir, TEMPLATES_FILE))
+    paths = tar_paths(data_dir, split)
     classes = class_embeddings(embedder, classnames, templates)
-    embeds, labels, skipped, seen = [], [], 0, 0
-    images: list[bytes] = []
-    chunk_labels: list[int] = []
-
-    def flush() -> None:
-        nonlocal skipped
-        if not images:
-            return
-        chunk_embeds, kept = common.embed_images(embedder, images)
-        embeds.append(chunk_embeds)
-        labels.extend(np.asarray(chunk_labels)[kept])
-        skipped += int(len(kept) - kept.sum())
-        images.clear()
-        chunk_labels.clear()
-
-    for _, sample in iter_samples(tar_paths(data_dir, split)):
-        if max_examples is not None and seen >= max_examples:
-            break
-        seen += 1
-        parsed = _image_and_label(sample)
-        if parsed is None:
-            skipped += 1
-            continue
-        images.append(parsed[0])
-        chunk_labels.append(parsed[1])
-        if len(images) == common.DEFAULT_CHUNK:
-            flush()
-    flush()
+    embeds, labels, skipped = [], [], 0
+    samples = itertools.islice(iter_samples(paths), max_examples)
+    parsed = (_image_and_label(files) for _, files in samples)
+    while chunk := list(itertools.islice(parsed, common.DEFAULT_CHUNK)):
+        usable = [p for p in chunk if p is not None]
+        chunk_embeds, kept = common.embed_images(embedder, [image for image, _ in usable])
+        if len(chunk_embeds):
+            embeds.append(chunk_embeds)
+        labels.extend(label for (_, label), k in zip(usable, kept, strict=True) if k)
+        skipped += len(chunk) - int(kept.sum())
     if skipped:
         logging.warning("%s/%s: skipped %d samples", data_dir, split, skipped)
     if not labels:
