@@ -149,7 +149,9 @@ def test_vocabulary_matches_reference(clip_tokenizer, reference):
 @pytest.mark.parametrize("texts", [CORPUS, FUZZ], ids=["corpus", "fuzz"])
 def test_clean_matches_reference(texts):
     for text in texts:
-        assert tokenizer.clean(text) == whitespace_clean(basic_clean(text)).lower(), repr(text)
+        expected = whitespace_clean(basic_clean(text)).lower()
+        assert tokenizer.clean(text) == expected, repr(text)
+        assert tokenizer.clean_words(text) == expected.split(), repr(text)
 
 
 @pytest.mark.parametrize("texts", [CORPUS, FUZZ], ids=["corpus", "fuzz"])
