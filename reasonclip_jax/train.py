@@ -147,7 +147,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     heads = NUM_CATEGORIES if config.stage == "stage2" else 0
     model = CLIP(model_config, dtype=jnp.dtype(config.model.dtype),
                  remat_policy=config.model.remat_policy, num_category_heads=heads)
-    opt = optimizer.make_optimizer(config.optim, total_steps)
+    opt = optimizer.make_optimizer(config, total_steps)
     objective = objectives.Objective(config.stage, model, config.loss, mesh,
                                      sharding.BATCH_AXES, total_steps)
 
@@ -286,6 +286,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
         progress = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True)
     profile = config.get("profile", {})
+    profile = profile if profile and profile.get("start_step", -1) >= 0 else None
     stop_reason = None
     while step < total_steps:
         if profile and profile.get("start_step", -1) == step:
