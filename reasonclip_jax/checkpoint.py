@@ -25,12 +25,24 @@ from reasonclip_jax.model import ModelConfig
 
 PARAMS = "params"
 MODEL_CONFIG = "model_config"
+TRAIN_STATE = "train_state"
+DATA_ITER = "data_iter"
+
+
+def _handlers() -> dict[str, Any]:
+    """Every item a checkpoint of this project can hold, with its orbax handler."""
+    import grain
+
+    return {
+        PARAMS: ocp.StandardCheckpointHandler(),
+        TRAIN_STATE: ocp.StandardCheckpointHandler(),
+        MODEL_CONFIG: ocp.JsonCheckpointHandler(),
+        DATA_ITER: grain.checkpoint.CheckpointHandler(),
+    }
 
 
 def _checkpointer() -> ocp.Checkpointer:
-    return ocp.Checkpointer(ocp.CompositeCheckpointHandler(**{
-        PARAMS: ocp.StandardCheckpointHandler(), MODEL_CONFIG: ocp.JsonCheckpointHandler(),
-    }))
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler(**_handlers()))
 
 
 def save_model(path: str, params: Any, config: ModelConfig) -> None:
@@ -98,9 +110,6 @@ def _params_metadata(step_dir: str) -> Any:
 
 # ------------------------------------------------------------------------- training runs
 
-TRAIN_STATE = "train_state"
-DATA_ITER = "data_iter"
-
 
 def train_manager(directory: str, keep: int, async_save: bool = True
                   ) -> ocp.CheckpointManager:
@@ -110,14 +119,7 @@ def train_manager(directory: str, keep: int, async_save: bool = True
     Incomplete steps (a save killed half-way) are never listed: orbax writes to a temporary
     directory and renames it when the save is committed.
     """
-    import grain
-
-    handlers = {
-        PARAMS: ocp.StandardCheckpointHandler(),
-        TRAIN_STATE: ocp.StandardCheckpointHandler(),
-        MODEL_CONFIG: ocp.JsonCheckpointHandler(),
-        DATA_ITER: grain.checkpoint.CheckpointHandler(),
-    }
+    handlers = _handlers()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
         cleanup_tmp_directories=True,

@@ -10,6 +10,7 @@ gradient is not finite are skipped and counted; `max_nonfinite_streak` in a row 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -54,10 +55,11 @@ class NonFiniteError(RuntimeError):
 
 
 def _model_config(config: ml_collections.ConfigDict) -> ModelConfig:
-    """The architecture: from `init_from`'s checkpoint, else the named preset."""
+    """The architecture: `init_from`'s checkpoint, else the named preset; then overrides."""
+    overrides = dict(config.model.get("overrides", {}))
     if config.init_from:
-        return checkpoint.load_model_config(config.init_from)
-    return get_preset(config.model.preset, **dict(config.model.get("overrides", {})))
+        return dataclasses.replace(checkpoint.load_model_config(config.init_from), **overrides)
+    return get_preset(config.model.preset, **overrides)
 
 
 def _load_init_params(path: str, abstract: Any, shardings: Any, fresh: Any, new_regex: str
@@ -180,6 +182,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                       out_shardings=params_sharding)
     resume_step = manager.latest_step()
     if resume_step is not None:
+        saved_config = checkpoint.load_model_config(
+            os.path.join(workdir, "checkpoints", str(resume_step)))
+        if saved_config != model_config:
+            raise UserError(f"{workdir} holds a run of a different model ({saved_config}); "
+                            "use a new --workdir")
         target = lambda tree, sh: jax.tree.map(  # noqa: E731
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
         params, state = checkpoint.restore_train(

@@ -1,0 +1,189 @@
+"""The trainer: sharded runs equal a 1-device run; kill, SIGTERM, torn checkpoints, NaN guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import demo
+from reasonclip_jax import checkpoint, train
+from reasonclip_jax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    from data_pipeline import build
+
+    out = str(tmp_path_factory.mktemp("data") / "scenes")
+    build.run(["--source", "scenes", "--num-scenes", "96", "--seed", "1", "--output", out])
+    return out
+
+
+def small_config(data: str, stage: str = "stage1", **overrides):
+    c = demo.get_config(f"{data},{stage}")
+    c.total_steps = 3
+    c.num_devices = 1
+    c.model.overrides = {"image_size": 32}
+    c.input.image_size = 32
+    c.input.context_length = 24
+    c.input.batch_size = 16
+    c.input.read_threads = 1
+    c.log_every = 1
+    c.eval_every = 0
+    c.evals = []
+    c.checkpoint.every_steps = 2
+    c.checkpoint.best_metric = ""
+    c.optim.groups = [dict(name="all", regex=".*", lr=1e-4, wd=0.01)]
+    c.optim.l2_init = dict(beta=1e-3, regex=r"^(visual|text)/")
+    for key, value in overrides.items():
+        node, *path = key.split(".")
+        target = c
+        for p in [node, *path][:-1]:
+            target = target[p]
+        target[[node, *path][-1]] = value
+    return c
+
+
+def logged(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def final_params(workdir: str):
+    return checkpoint.load_model(workdir)[0]
+
+
+def test_meshes_match_one_device(scenes, tmp_path):
+    ref_dir = str(tmp_path / "one")
+    train.train(small_config(scenes), ref_dir)
+    ref_losses = [m["loss"] for m in logged(ref_dir)]
+    ref_params = final_params(ref_dir)
+    assert len(ref_losses) == 3 and ref_losses[0] > 0
+    for data, fsdp, tensor in [(8, 1, 1), (2, 4, 1), (2, 2, 2)]:
+        workdir = str(tmp_path / f"m{data}{fsdp}{tensor}")
+        config = small_config(scenes, num_devices=8,
+                              mesh=dict(data=data, fsdp=fsdp, tensor=tensor))
+        train.train(config, workdir)
+        np.testing.assert_allclose([m["loss"] for m in logged(workdir)], ref_losses, rtol=1e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-5),
+                     final_params(workdir), ref_params)
+
+
+def _start(config_overrides: list[str], workdir: str, data: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "reasonclip_jax.train", f"--config=configs/demo.py:{data}",
+            f"--workdir={workdir}", *config_overrides]
+    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _cli_overrides(steps: int) -> list[str]:
+    return [f"--config.total_steps={steps}", "--config.num_devices=1",
+            "--config.model.overrides={'image_size': 32}", "--config.input.image_size=32",
+            "--config.input.context_length=24", "--config.input.batch_size=16",
+            "--config.input.read_threads=1", "--config.log_every=1", "--config.eval_every=0",
+            "--config.evals=[]", "--config.checkpoint.every_steps=2",
+            "--config.checkpoint.best_metric=",
+            "--config.optim.groups=[{'name': 'all', 'regex': '.*', 'lr': 1e-4, 'wd': 0.01}]",
+            "--config.optim.l2_init={'beta': 1e-3, 'regex': '^(visual|text)/'}"]
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
+    start = time.time()
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"trainer exited early:\n{proc.stdout.read()[-3000:]}")
+        if time.time() - start > timeout:
+            proc.kill()
+            raise AssertionError("timed out waiting for the trainer")
+        time.sleep(0.05)
+
+
+def _steps(workdir: str) -> list[int]:
+    root = os.path.join(workdir, "checkpoints")
+    return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+
+
+def test_sigkill_resume_is_bitwise_identical_and_ignores_torn_checkpoints(scenes, tmp_path):
+    steps = 8
+    ref_dir = str(tmp_path / "ref")
+    train.train(small_config(scenes, total_steps=steps), ref_dir)
+
+    workdir = str(tmp_path / "killed")
+    proc = _start(_cli_overrides(steps), workdir, scenes)
+    _wait_for(lambda: 4 in _steps(workdir), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    latest = max(_steps(workdir))
+    assert latest < steps
+    # A save torn half-way, as orbax leaves it: a temporary directory of a later step.
+    torn = os.path.join(workdir, "checkpoints", f"{latest + 1}.orbax-checkpoint-tmp-1234")
+    os.makedirs(os.path.join(torn, "params"))
+    with open(os.path.join(torn, "params", "junk"), "w") as f:
+        f.write("half")
+
+    train.train(small_config(scenes, total_steps=steps), workdir)
+    resumed = [m["step"] for m in logged(workdir)]
+    assert resumed[-1] == steps and latest + 1 in resumed  # continued after the last save
+    jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(ref_dir))
+
+
+def test_sigterm_saves_and_exits_cleanly(scenes, tmp_path):
+    workdir = str(tmp_path / "term")
+    proc = _start(_cli_overrides(200), workdir, scenes)
+    _wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+              and len(logged(workdir)) >= 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    last_logged = logged(workdir)[-1]["step"]
+    assert "preempted" in out
+    assert _steps(workdir)[-1] >= last_logged and _steps(workdir)[-1] < 200
+
+
+def test_nonfinite_steps_are_skipped_then_stop_the_run(scenes, tmp_path):
+    workdir = str(tmp_path / "nan")
+    config = small_config(scenes, total_steps=20, max_nonfinite_streak=3)
+    config.model.overrides = {"image_size": 32, "logit_scale_init": float("nan")}
+    with pytest.raises(train.NonFiniteError, match="3 consecutive steps"):
+        train.train(config, workdir)
+    rows = logged(workdir)
+    assert [r["nonfinite_total"] for r in rows] == [1, 2, 3]
+    saved = final_params(workdir)
+    assert _steps(workdir)[-1] == 3
+    # Skipped updates leave the weights as initialised (finite).
+    assert all(np.isfinite(x).all() for k, x in jax.tree_util.tree_flatten_with_path(saved)[0]
+               if "logit_scale" not in jax.tree_util.keystr(k))
+
+
+def test_user_errors(scenes, tmp_path):
+    with pytest.raises(UserError, match="not divisible by the data-parallel size"):
+        train.train(small_config(scenes, num_devices=8, **{"input.batch_size": 12}),
+                    str(tmp_path / "a"))
+    with pytest.raises(UserError, match="needs 16 devices"):
+        train.train(small_config(scenes, num_devices=8, mesh=dict(data=4, fsdp=4, tensor=1)),
+                    str(tmp_path / "b"))
+    with pytest.raises(UserError, match="unknown model preset"):
+        train.train(small_config(scenes, **{"model.preset": "ViT-Z-1"}), str(tmp_path / "c"))
+    # A pretrained checkpoint whose weights do not fit the configured model.
+    other = str(tmp_path / "other")
+    from reasonclip_jax.model import CLIP, get_preset, param_shapes
+
+    shapes = param_shapes(CLIP(get_preset("tiny")))
+    checkpoint.save_model(other, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes),
+                          get_preset("tiny"))
+    with pytest.raises(UserError, match="'visual/positional_embedding' has shape"):
+        train.train(small_config(scenes, init_from=other), str(tmp_path / "d"))
+    # A workdir that holds a run of another model.
+    train.train(small_config(scenes, total_steps=1), str(tmp_path / "e"))
+    with pytest.raises(UserError, match="different model"):
+        config = small_config(scenes, total_steps=2)
+        config.model.overrides = {"image_size": 32, "text_layers": 1}
+        train.train(config, str(tmp_path / "e"))
