@@ -1,6 +1,7 @@
 """CLIP image preprocessing as plain PIL/numpy functions (no torch, no torchvision).
 
-Two transforms, both ending in a normalised float32 HWC array:
+Two transforms, both ending in a normalised float32 HWC array (`eval_pixels` and
+`train_pixels` stop before normalising, at uint8, so a batch can be normalised at once):
 
   - `eval_transform`: OpenAI's evaluation preprocessing. Bicubic resize so the short side is
     `size` (the long side becomes `int(size * long / short)`, truncated, as torchvision's
@@ -66,22 +67,36 @@ def center_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, 
     return left, top, left + size, top + size
 
 
-def normalize(pixels: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD) -> np.ndarray:
-    """uint8 HWC pixels -> float32 `(pixels / 255 - mean) / std`."""
+def normalize(
+    pixels: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD, out: np.ndarray | None = None
+) -> np.ndarray:
+    """uint8 [..., W, 3] pixels -> float32 `(pixels / 255 - mean) / std`, into `out` if given."""
     scale = (1.0 / (255.0 * np.asarray(std, np.float64))).astype(np.float32)
     offset = (np.asarray(mean, np.float64) / np.asarray(std, np.float64)).astype(np.float32)
-    out = pixels.astype(np.float32)
-    out *= scale
-    out -= offset
+    if out is None:
+        out = np.empty(pixels.shape, np.float32)
+    if not out.flags.c_contiguous or out.shape != pixels.shape:
+        raise ValueError("normalize: `out` must be C-contiguous and shaped like `pixels`")
+    # Constants tiled over a whole image row: numpy's inner loop then runs over W * 3 values
+    # instead of 3 channels, about 5x faster.
+    width = pixels.shape[-2]
+    rows = out.reshape(-1, width * 3)
+    np.multiply(pixels.reshape(-1, width * 3), np.tile(scale, width), out=rows)
+    rows -= np.tile(offset, width)
     return out
 
 
-def eval_transform(image: PIL.Image.Image, size: int) -> np.ndarray:
-    """OpenAI CLIP eval preprocessing: resize short side, centre crop, normalise -> [S, S, 3]."""
+def eval_pixels(image: PIL.Image.Image, size: int) -> np.ndarray:
+    """OpenAI CLIP eval geometry: resize the short side, centre crop -> uint8 [S, S, 3]."""
     image = image.convert("RGB")
     resized = image.resize(shortest_edge_size(*image.size, size), PIL.Image.Resampling.BICUBIC)
     left, top, right, bottom = center_crop_box(*resized.size, size)
-    return normalize(np.asarray(resized)[top:bottom, left:right])
+    return np.asarray(resized)[top:bottom, left:right]
+
+
+def eval_transform(image: PIL.Image.Image, size: int) -> np.ndarray:
+    """OpenAI CLIP eval preprocessing: `eval_pixels`, normalised -> float32 [S, S, 3]."""
+    return normalize(eval_pixels(image, size))
 
 
 def random_resized_crop_box(
@@ -118,7 +133,7 @@ def random_resized_crop_box(
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def train_transform(
+def train_pixels(
     image: PIL.Image.Image,
     size: int,
     rng: np.random.Generator,
@@ -126,7 +141,7 @@ def train_transform(
     ratio: tuple[float, float] = DEFAULT_RRC_RATIO,
     hflip: bool = False,
 ) -> np.ndarray:
-    """Random resized crop to `size x size` (bicubic), optional flip, normalise -> [S, S, 3].
+    """Random resized crop to `size x size` (bicubic), optional flip -> uint8 [S, S, 3].
 
     All randomness comes from `rng`, so a seeded generator gives the same output anywhere.
     """
@@ -139,5 +154,16 @@ def train_transform(
     pixels = np.asarray(crop)
     if hflip and rng.random() < 0.5:
         pixels = pixels[:, ::-1]
-    return normalize(pixels)
+    return pixels
 
+
+def train_transform(
+    image: PIL.Image.Image,
+    size: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = DEFAULT_RRC_SCALE,
+    ratio: tuple[float, float] = DEFAULT_RRC_RATIO,
+    hflip: bool = False,
+) -> np.ndarray:
+    """CLIP training preprocessing: `train_pixels`, normalised -> float32 [S, S, 3]."""
+    return normalize(train_pixels(image, size, rng, scale, ratio, hflip))

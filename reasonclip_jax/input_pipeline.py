@@ -89,6 +89,7 @@ import grain
 import ml_collections
 import numpy as np
 from absl import logging
+from grain.multiprocessing import SharedMemoryArray
 
 from reasonclip_jax import example_views, image_transforms, records
 from reasonclip_jax.errors import UserError
@@ -217,7 +218,10 @@ def _clip_tokenize(texts: Sequence[str], context_length: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class ExampleReader:
-    """Reads item (source, epoch, index in the view's space) -> example dict or `Skipped`."""
+    """Reads item (source, epoch, index in the view's space) -> example dict or `Skipped`.
+
+    Examples carry uint8 pixels; `collate` normalises whole batches.
+    """
 
     sources: tuple[Source, ...]
     view: example_views.View
@@ -252,10 +256,10 @@ class ExampleReader:
             logging.warning("skipping record %d of %s: %s", record_id, source.pattern, e)
             return Skipped(record_index)
         if self.augment == "center_crop":
-            pixels = image_transforms.eval_transform(image, self.image_size)
+            pixels = image_transforms.eval_pixels(image, self.image_size)
         else:
             rng = np.random.default_rng([self.seed, source_id, epoch, index])
-            pixels = image_transforms.train_transform(
+            pixels = image_transforms.train_pixels(
                 image, self.image_size, rng, self.rrc_scale, self.rrc_ratio, self.hflip
             )
         texts = self.view.texts(record, variant, self.seed, epoch, record_index)
@@ -271,7 +275,7 @@ class ExampleReader:
         """An all-zero example (record_index -1) with the shapes of a real one."""
         size, length = self.image_size, self.context_length
         return {
-            "image": np.zeros((size, size, 3), np.float32),
+            "image": np.zeros((size, size, 3), np.uint8),
             **{k: np.zeros(length, np.int32) for k in self.view.text_keys},
             **self.view.label_zeros(),
             "record_index": np.int64(-1),
@@ -293,9 +297,17 @@ def _make_reader(cfg: ml_collections.ConfigDict, sources: Sequence[Source], augm
     )
 
 
-def stack_rows(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Stacks example dicts along a new leading batch axis."""
-    return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+def collate(rows: Sequence[dict[str, np.ndarray]], shared_memory: bool) -> dict[str, np.ndarray]:
+    """Stacks examples along a new batch axis; uint8 `image`s become normalised float32.
+
+    With `shared_memory` (in grain workers) the images are normalised straight into a
+    shared-memory array, which grain hands to the trainer process without another copy.
+    """
+    batch = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+    pixels = batch["image"]
+    out = SharedMemoryArray(pixels.shape, np.float32) if shared_memory else None
+    batch["image"] = image_transforms.normalize(pixels, out=out)
+    return batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,21 +321,25 @@ class SkippingBatchIterDataset(grain.IterDataset):
     incomplete last batch is dropped (with a warning if it met skipped records).
     """
 
-    def __init__(self, parent: grain.IterDataset, batch_size: int):
+    def __init__(self, parent: grain.IterDataset, batch_size: int, shared_memory: bool):
         super().__init__(parent)
         self._batch_size = batch_size
+        self._shared_memory = shared_memory
 
     def __iter__(self) -> grain.DatasetIterator:
-        return _SkippingBatchIterator(self._parent.__iter__(), self._batch_size)
+        return _SkippingBatchIterator(
+            self._parent.__iter__(), self._batch_size, self._shared_memory
+        )
 
     def __str__(self) -> str:
         return f"SkippingBatchIterDataset(batch_size={self._batch_size})"
 
 
 class _SkippingBatchIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, batch_size: int):
+    def __init__(self, parent: grain.DatasetIterator, batch_size: int, shared_memory: bool):
         super().__init__(parent)
         self._batch_size = batch_size
+        self._shared_memory = shared_memory
 
     def __next__(self) -> dict[str, np.ndarray]:
         rows, skipped = [], 0
@@ -338,7 +354,7 @@ class _SkippingBatchIterator(grain.DatasetIterator):
                 skipped += 1
             else:
                 rows.append(element)
-        batch = stack_rows(rows)
+        batch = collate(rows, self._shared_memory)
         batch["skipped_records"] = np.int64(skipped)
         return batch
 
@@ -475,7 +491,9 @@ def make_train_dataset(
         epoch_sizes = [s.num_records * reader.view.examples_per_record for s in sources]
         ds = grain.MapDataset.mix(per_source, _mixture_weights(cfg, epoch_sizes))
     ds = ds[process_index::process_count].map(reader)
-    ds = SkippingBatchIterDataset(ds.to_iter_dataset(_read_options(cfg)), local_batch)
+    ds = SkippingBatchIterDataset(
+        ds.to_iter_dataset(_read_options(cfg)), local_batch, shared_memory=cfg.worker_count > 0
+    )
     return _finish(ds, cfg)
 
 
@@ -498,6 +516,7 @@ class _EvalBatchBuilder:
     global_batch: int
     local_batch: int
     process_index: int
+    shared_memory: bool
 
     def __call__(self, batch_id: int) -> dict[str, np.ndarray]:
         rows, skipped = [], 0
@@ -512,7 +531,8 @@ class _EvalBatchBuilder:
                 rows.append({**row, "mask": np.True_})
             else:
                 rows.append({**self.reader.padding(), "mask": np.False_})
-        batch = stack_rows(rows)
+        batch = collate(rows, self.shared_memory)
+        batch["image"][~batch["mask"]] = 0.0  # padding is zero after normalisation too
         batch["skipped_records"] = np.int64(skipped)
         return batch
 
@@ -552,7 +572,8 @@ def make_eval_dataset(
     reader = _make_reader(cfg, sources, "center_crop", tokenize_fn)
     starts, total, num_batches = _eval_layout(cfg, sources, reader.view)
     builder = _EvalBatchBuilder(
-        reader, starts, total, cfg.batch_size, local_batch, process_index
+        reader, starts, total, cfg.batch_size, local_batch, process_index,
+        shared_memory=cfg.worker_count > 0,
     )
     ds = grain.MapDataset.range(num_batches).map(builder)
     return _finish(ds.to_iter_dataset(_read_options(cfg)), cfg)
