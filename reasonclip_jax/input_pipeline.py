@@ -63,7 +63,8 @@ Config keys (`get_config()`; a training config sets them under `config.input`):
     num_epochs          epochs to run; None = forever (training counts steps)
     worker_count        grain worker processes per host; 0 = decode in this process
     worker_buffer_size  batches each worker keeps ready
-    read_threads        threads per process reading and decoding examples
+    read_threads        threads per process (the trainer's, or each worker's) reading and
+                        decoding examples; 0-1 is enough with workers, one per core without
     read_buffer_size    examples buffered per process ahead of batching
     prefetch            batches a background thread of the trainer keeps ready; 0 = none
 
@@ -188,7 +189,7 @@ def _check_view(source: Source, view: example_views.View) -> None:
     for index in range(min(16, source.num_records)):
         try:
             record = records.decode_record(data[index])
-        except ValueError:
+        except (ValueError, KeyError, TypeError):
             continue
         try:
             view.check(record)
@@ -248,8 +249,9 @@ class ExampleReader:
         source = self.sources[source_id]
         record_id, variant = divmod(index, self.view.examples_per_record)
         record_index = source.record_offset + record_id
+        data = self._data[source_id][record_id]  # outside the try: a read error is no skip
         try:
-            record = records.decode_record(self._data[source_id][record_id])
+            record = records.decode_record(data)
             self.view.check(record)
             image = image_transforms.decode_image(record.image)
         except _RECORD_ERRORS as e:
@@ -287,6 +289,8 @@ def _make_reader(cfg: ml_collections.ConfigDict, sources: Sequence[Source], augm
     view = example_views.make_view(cfg.view, cfg.text_fields)
     if augment not in AUGMENTS:
         raise UserError(f"input.augment '{augment}': use one of {', '.join(AUGMENTS)}")
+    if cfg.shuffle_seed < 0:
+        raise UserError(f"input.shuffle_seed {cfg.shuffle_seed}: use a non-negative integer")
     for source in sources:
         _check_view(source, view)
     return ExampleReader(

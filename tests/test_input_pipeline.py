@@ -21,8 +21,8 @@ import PIL.Image  # noqa: E402
 import pytest  # noqa: E402
 from array_record.python import array_record_module  # noqa: E402
 
+from reasonclip_jax import image_transforms, records  # noqa: E402
 from reasonclip_jax import input_pipeline as ip  # noqa: E402
-from reasonclip_jax import records  # noqa: E402
 from reasonclip_jax.errors import UserError  # noqa: E402
 
 LENGTH = 8  # context length of the stand-in tokenizer
@@ -314,13 +314,18 @@ def test_eval_padding_and_masks(corrupt_dir, process_count):
     assert skipped == 2
 
 
-def test_eval_is_in_order_and_unaugmented(small_dir):
-    cfg = config([small_dir], batch_size=8, view="stage2")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_eval_is_in_order_and_unaugmented(small_dir, workers):
+    cfg = config([small_dir], batch_size=8, view="stage2", worker_count=workers)
     it = ip.make_eval_iterator(cfg, process_index=0, process_count=1, tokenize_fn=char_tokenize)
-    batches = list(it)
+    batches = [{k: np.array(v) for k, v in b.items()} for b in it]
     it.close()
     assert np.concatenate([b["record_index"] for b in batches]).tolist() == list(range(24))
     assert all(b["mask"].all() for b in batches)
+    image = image_transforms.eval_transform(
+        image_transforms.decode_image(make_record(5).image), SIZE
+    )
+    np.testing.assert_array_equal(batches[0]["image"][5], image)
 
 
 def test_orbax_checkpoint_roundtrip(small_dir, tmp_path):
@@ -373,6 +378,8 @@ def test_user_errors(small_dir, tmp_path):
         take(config([small_dir, small_dir], weights=[1.0]), 1)
     with pytest.raises(UserError, match="unknown view"):
         take(config([small_dir], view="stage3"), 1)
+    with pytest.raises(UserError, match="shuffle_seed"):
+        take(config([small_dir], shuffle_seed=-1), 1)
     text_only = write_shard_dir(
         tmp_path / "text_only",
         [records.encode_record(records.Record(id="t", source="s", key="k", image=b""))],
