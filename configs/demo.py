@@ -5,8 +5,9 @@ Build the data first (or run `python -m reasonclip_jax.demo`, which does everyth
     python -m data_pipeline.build --source scenes --num-scenes 2000 --seed 0 --output /tmp/scenes
     python -m reasonclip_jax.train --config configs/demo.py:/tmp/scenes --workdir /tmp/demo
 
-Smoke-test size: `--config.total_steps=5 --config.input.batch_size=16`.
 `configs/demo.py:DATA,stage2` trains stage 2 instead (set --config.init_from to stage 1).
+`configs/demo.py:DATA,stage1,smoke` is the seconds-long variant the tests run: 32 px
+images, 24 tokens, batch 16, one device, one optimizer group, logs every step.
 """
 
 import os
@@ -15,7 +16,7 @@ from configs import common
 
 
 def get_config(arg: str = "/tmp/scenes"):
-    data, _, stage = arg.partition(",")
+    data, stage, variant = (arg.split(",") + ["", ""])[:3]
     stage = stage or "stage1"
     c = common.base_config()
     c.stage = stage
@@ -43,4 +44,19 @@ def get_config(arg: str = "/tmp/scenes"):
                     split="test")]
     c.checkpoint.every_steps = 100
     c.checkpoint.best_metric = "scenes_bench/accuracy"
+    if variant == "smoke":
+        c.total_steps = 3
+        c.num_devices = 1
+        c.model.overrides = {"image_size": 32}
+        c.input.image_size = 32
+        c.input.context_length = 24
+        c.input.batch_size = 16
+        c.input.read_threads = 1
+        c.log_every = 1
+        c.eval_every = 0
+        c.evals = []
+        c.checkpoint.every_steps = 2
+        c.checkpoint.best_metric = ""
+        c.optim.groups = [dict(name="all", regex=".*", lr=1e-4, wd=0.01)]
+        c.optim.l2_init = dict(beta=1e-3, regex=r"^(visual|text)/")
     return c

@@ -203,6 +203,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     # ---------------------------------------------------------------- update function
     accum = config.grad_accum
+    pin_micro_batch = grad_accum.batch_sharding_constraint(mesh, sharding.BATCH_AXES)
 
     def train_step(params: Any, state: dict[str, Any], batch: dict[str, jax.Array]
                    ) -> tuple[Any, dict[str, Any], dict[str, jax.Array]]:
@@ -210,11 +211,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         loss_fn = functools.partial(objective.loss, batch=batch, step=state["step"])
         if accum.micro_batches > 1 and accum.mode == "gradcache":
             (loss, m), grads = grad_accum.gradcache_value_and_grad(
-                objective.embed, loss_fn, params, inputs, accum.micro_batches)
+                objective.embed, loss_fn, params, inputs, accum.micro_batches, pin_micro_batch)
         elif accum.micro_batches > 1 and accum.mode == "plain":
             (loss, m), grads = grad_accum.plain_accumulation_value_and_grad(
                 lambda p, mb: objective.loss(p, objective.embed(p, mb), mb, state["step"]),
-                params, batch, accum.micro_batches)
+                params, batch, accum.micro_batches, pin_micro_batch)
         else:
             (loss, m), grads = jax.value_and_grad(
                 lambda p: loss_fn(p, objective.embed(p, inputs)), has_aux=True)(params)

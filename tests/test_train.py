@@ -28,21 +28,7 @@ def scenes(tmp_path_factory):
 
 
 def small_config(data: str, stage: str = "stage1", **overrides):
-    c = demo.get_config(f"{data},{stage}")
-    c.total_steps = 3
-    c.num_devices = 1
-    c.model.overrides = {"image_size": 32}
-    c.input.image_size = 32
-    c.input.context_length = 24
-    c.input.batch_size = 16
-    c.input.read_threads = 1
-    c.log_every = 1
-    c.eval_every = 0
-    c.evals = []
-    c.checkpoint.every_steps = 2
-    c.checkpoint.best_metric = ""
-    c.optim.groups = [dict(name="all", regex=".*", lr=1e-4, wd=0.01)]
-    c.optim.l2_init = dict(beta=1e-3, regex=r"^(visual|text)/")
+    c = demo.get_config(f"{data},{stage},smoke")
     for key, value in overrides.items():
         node, *path = key.split(".")
         target = c
@@ -80,21 +66,15 @@ def test_meshes_match_one_device(scenes, tmp_path):
 
 
 def _start(config_overrides: list[str], workdir: str, data: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "reasonclip_jax.train", f"--config=configs/demo.py:{data}",
+    args = [sys.executable, "-m", "reasonclip_jax.train",
+            f"--config=configs/demo.py:{data},stage1,smoke",
             f"--workdir={workdir}", *config_overrides]
     return subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _cli_overrides(steps: int) -> list[str]:
-    return [f"--config.total_steps={steps}", "--config.num_devices=1",
-            "--config.model.overrides={'image_size': 32}", "--config.input.image_size=32",
-            "--config.input.context_length=24", "--config.input.batch_size=16",
-            "--config.input.read_threads=1", "--config.log_every=1", "--config.eval_every=0",
-            "--config.evals=[]", "--config.checkpoint.every_steps=2",
-            "--config.checkpoint.best_metric=",
-            "--config.optim.groups=[{'name': 'all', 'regex': '.*', 'lr': 1e-4, 'wd': 0.01}]",
-            "--config.optim.l2_init={'beta': 1e-3, 'regex': '^(visual|text)/'}"]
+    return [f"--config.total_steps={steps}"]
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
