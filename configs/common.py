@@ -68,4 +68,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_nonfinite_streak = 5
     c.peak_flops_per_device = 0.0  # e.g. 989e12 (H100 bf16), 459e12 (TPU v5p): enables MFU
     c.profile = dict(start_step=-1, num_steps=3)
+    c.log_record_indices = False  # per-process record indices of every step, for provenance
     return c

@@ -154,6 +154,14 @@ def save_train(manager: ocp.CheckpointManager, step: int, params: Any, train_sta
     }))
 
 
+def saved_process_count(step_dir: str) -> int | None:
+    """How many processes wrote the input iterator's state of a training step."""
+    names = os.listdir(os.path.join(step_dir, DATA_ITER)) if os.path.isdir(
+        os.path.join(step_dir, DATA_ITER)) else []
+    counts = {int(n.split("-of-")[1].split(".")[0]) for n in names if "-of-" in n}
+    return counts.pop() if len(counts) == 1 else None
+
+
 def restore_train(manager: ocp.CheckpointManager, step: int, abstract_params: Any,
                   abstract_train_state: Any, data_iter: Any | None) -> tuple[Any, Any]:
     """(params, train_state) restored into the given shardings; sets `data_iter`'s state

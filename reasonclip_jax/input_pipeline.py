@@ -472,11 +472,14 @@ def make_train_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
     tokenize_fn: TokenizeFn | None = None,
+    start_position: int = 0,
 ) -> grain.IterDataset:
     """The training pipeline of the module docstring, for one process.
 
     `process_index` / `process_count` default to JAX's; `tokenize_fn(texts, length)` to the
-    CLIP tokenizer.
+    CLIP tokenizer. `start_position` skips that many examples of the mixed stream (all
+    processes together): `step * batch_size` resumes a run saved with another process count
+    at the batch it would have read next (exact when no record was skipped as corrupt).
     """
     process_index, process_count, local_batch = _process_layout(
         cfg.batch_size, process_index, process_count
@@ -494,6 +497,8 @@ def make_train_dataset(
     else:
         epoch_sizes = [s.num_records * reader.view.examples_per_record for s in sources]
         ds = grain.MapDataset.mix(per_source, _mixture_weights(cfg, epoch_sizes))
+    if start_position:
+        ds = ds[start_position:]
     ds = ds[process_index::process_count].map(reader)
     ds = SkippingBatchIterDataset(
         ds.to_iter_dataset(_read_options(cfg)), local_batch, shared_memory=cfg.worker_count > 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import signal
@@ -189,9 +190,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                             "use a new --workdir")
         target = lambda tree, sh: jax.tree.map(  # noqa: E731
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
+        step_dir = os.path.join(workdir, "checkpoints", str(resume_step))
+        same_layout = checkpoint.saved_process_count(step_dir) == jax.process_count()
         params, state = checkpoint.restore_train(
             manager, resume_step, target(abstract_params, params_sharding),
-            target(abstract_state, state_sharding), train_iter)
+            target(abstract_state, state_sharding), train_iter if same_layout else None)
+        if not same_layout:  # saved by another process count: position the input by step
+            train_iter.close()
+            train_iter = input_pipeline.make_train_iterator(
+                config.input, start_position=resume_step * config.input.batch_size)
+            log.warning("input iterator saved by another process count; resuming it at "
+                        "example %d of the stream", resume_step * config.input.batch_size)
         log.info("resumed from step %d", resume_step)
     else:
         params = init_fn(rng)
@@ -269,7 +278,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         tmp = f"{path}.tmp-{step}"
         checkpoint.save_model(tmp, params, model_config)
         if is_chief:
-            import json
             import shutil
 
             with open(os.path.join(tmp, "best_metric.json"), "w") as f:
@@ -300,6 +308,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if profile and profile.get("start_step", -1) == step:
             jax.profiler.start_trace(os.path.join(workdir, "profile"))
         local = next(train_iter)
+        if config.get("log_record_indices"):
+            _log_record_indices(workdir, step, local["record_index"])
         skipped_records = int(local.get("skipped_records", 0))
         if batch_keys is None:
             batch_keys = [k for k in local if np.ndim(local[k]) and k != "record_index"]
@@ -346,6 +356,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     # ---------------------------------------------------------------- finish
     manager.wait_until_finished()
     manager.close()
+    if hasattr(train_iter, "close"):
+        train_iter.close()
     writer.close()
     if progress is not None:
         progress.close()
@@ -354,6 +366,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if stop_reason:
         log.warning("%s; checkpoint saved, exiting", stop_reason)
     return last
+
+
+def _log_record_indices(workdir: str, step: int, indices: np.ndarray) -> None:
+    """Which records this process fed at each step (data provenance, multi-host checks)."""
+    os.makedirs(os.path.join(workdir, "record_indices"), exist_ok=True)
+    path = os.path.join(workdir, "record_indices", f"process_{jax.process_index()}.jsonl")
+    with open(path, "a") as f:
+        f.write(json.dumps({"step": step + 1, "record_index": indices.tolist()}) + "\n")
 
 
 def _sum_over_processes(value: int) -> float:

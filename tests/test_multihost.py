@@ -1,0 +1,130 @@
+"""Multi-host training on one machine: 2 JAX processes x 4 CPU devices (gloo collectives)
+through the launcher, against 1 process x 8 devices."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from reasonclip_jax import checkpoint, train
+from test_train import final_params, logged, small_config
+
+pytestmark = pytest.mark.multiprocess
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MESH = dict(data=2, fsdp=4, tensor=1)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    from data_pipeline import build
+
+    out = str(tmp_path_factory.mktemp("data") / "scenes")
+    build.run(["--source", "scenes", "--num-scenes", "64", "--seed", "2", "--output", out])
+    return out
+
+
+def config_8_devices(data: str, steps: int):
+    c = small_config(data, total_steps=steps, num_devices=8, mesh=MESH)
+    c.log_record_indices = True
+    return c
+
+
+def launcher_command(data: str, workdir: str, steps: int) -> list[str]:
+    return [sys.executable, "-m", "reasonclip_jax.launch", "--processes", "2",
+            "--devices-per-process", "4", "--kill-timeout", "5", "--",
+            sys.executable, "-m", "reasonclip_jax.train",
+            f"--config=configs/demo.py:{data},stage1,smoke", f"--workdir={workdir}",
+            f"--config.total_steps={steps}", "--config.num_devices=-1",
+            f"--config.mesh.data={MESH['data']}", f"--config.mesh.fsdp={MESH['fsdp']}",
+            "--config.log_record_indices=True"]
+
+
+def start(data: str, workdir: str, steps: int) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.Popen(launcher_command(data, workdir, steps), cwd=ROOT,
+                            env={**env, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def record_indices(workdir: str, process: int) -> dict[int, list[int]]:
+    with open(os.path.join(workdir, "record_indices", f"process_{process}.jsonl")) as f:
+        return {r["step"]: r["record_index"] for r in map(json.loads, f)}
+
+
+def assert_params_close(a, b):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5), a, b)
+
+
+@pytest.fixture(scope="module")
+def one_process_run(scenes, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("one") / "run")
+    train.train(config_8_devices(scenes, 6), workdir)
+    return workdir
+
+
+def test_two_processes_equal_one(scenes, one_process_run, tmp_path):
+    workdir = str(tmp_path / "two")
+    proc = start(scenes, workdir, 6)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    losses = [m["loss"] for m in logged(workdir)]
+    np.testing.assert_allclose(losses, [m["loss"] for m in logged(one_process_run)], rtol=1e-5)
+    assert len(losses) == 6  # metrics written once, by process 0
+    assert_params_close(final_params(workdir), final_params(one_process_run))
+    # Each process fed a disjoint half of every global batch: together the 1-process batch.
+    p0, p1, ref = (record_indices(workdir, 0), record_indices(workdir, 1),
+                   record_indices(one_process_run, 0))
+    for step in range(1, 7):
+        assert len(p0[step]) == len(p1[step]) == 8
+        assert sorted(p0[step] + p1[step]) == sorted(ref[step])
+    assert not os.path.exists(os.path.join(workdir, "record_indices", "process_2.jsonl"))
+
+
+def _wait_for_step(workdir: str, proc: subprocess.Popen, step: int, timeout: float = 400):
+    start_time = time.time()
+    path = os.path.join(workdir, "metrics.jsonl")
+    while not (os.path.exists(path) and logged(workdir) and logged(workdir)[-1]["step"] >= step):
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        assert time.time() - start_time < timeout, "timed out"
+        time.sleep(0.1)
+
+
+def test_checkpoint_of_two_processes_resumes_in_one(scenes, one_process_run, tmp_path):
+    workdir = str(tmp_path / "preempted")
+    proc = start(scenes, workdir, 6)
+    _wait_for_step(workdir, proc, 2)
+    proc.send_signal(signal.SIGTERM)  # the launcher forwards it: both trainers save and exit
+    out, _ = proc.communicate(timeout=120)
+    saved = checkpoint.train_manager(os.path.join(workdir, "checkpoints"), 3).latest_step()
+    assert saved is not None and 2 <= saved < 6, out[-4000:]
+    train.train(config_8_devices(scenes, 6), workdir)  # one process, 8 devices
+    assert logged(workdir)[-1]["step"] == 6
+    assert_params_close(final_params(workdir), final_params(one_process_run))
+
+
+def test_killed_process_stops_the_job_and_relaunch_resumes(scenes, one_process_run, tmp_path):
+    import psutil
+
+    workdir = str(tmp_path / "killed")
+    proc = start(scenes, workdir, 6)
+    _wait_for_step(workdir, proc, 3)
+    trainers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                if "reasonclip_jax.train" in " ".join(c.cmdline())]
+    assert len(trainers) == 2
+    killed_at = time.time()
+    trainers[1].send_signal(signal.SIGKILL)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode != 0
+    assert time.time() - killed_at < 60, out[-4000:]
+    assert not any(t.is_running() and t.status() != psutil.STATUS_ZOMBIE for t in trainers)
+    relaunch = start(scenes, workdir, 6)
+    out, _ = relaunch.communicate(timeout=600)
+    assert relaunch.returncode == 0, out[-4000:]
+    assert "resumed from step" in out
+    assert_params_close(final_params(workdir), final_params(one_process_run))
