@@ -1,0 +1,137 @@
+"""The GPU check: train-step MFU of ViT-B-16 and ViT-L-14 in bf16, and the largest global
+batch the contrastive loss fits on one device. Finishes in well under 8 minutes on one GPU.
+
+    python bench/gpu_check.py [--batch-b16 256] [--batch-l14 128] [--steps 10]
+
+The train step is the trainer's: stage-1 objective (one image, two captions), AdamW groups,
+clipping, remat of dots, bf16 compute over fp32 parameters, on synthetic inputs. MFU is the
+analytic model FLOPs (metrics.train_flops_per_example) per second over the device's peak
+dense bf16 FLOP/s. The loss-size search compiles the softmax loss (forward + backward,
+D=768) for growing N and reads XLA's memory analysis against the device's memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from configs import common  # noqa: E402
+from reasonclip_jax import losses, metrics, objectives, optimizer, sharding  # noqa: E402
+from reasonclip_jax.model import CLIP, get_preset, init_params  # noqa: E402
+
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v4": 275e12,
+             "TPU v5 lite": 197e12, "TPU v5": 459e12}
+
+
+def peak_flops(device: jax.Device) -> float:
+    kind = device.device_kind
+    for name, value in PEAK_BF16.items():
+        if name in kind:
+            return value
+    return float("nan")
+
+
+def train_step_mfu(preset: str, batch: int, steps: int, mesh) -> dict[str, float]:
+    config = common.base_config()
+    config.total_steps = 1000
+    model = CLIP(get_preset(preset), dtype=jnp.bfloat16, remat_policy="dots_no_batch")
+    objective = objectives.Objective("stage1", model, config.loss, mesh, sharding.BATCH_AXES,
+                                     config.total_steps)
+    opt = optimizer.make_optimizer(config, config.total_steps)
+    params = jax.jit(lambda r: nn.unbox(init_params(model, r)))(jax.random.key(0))
+    opt_state = jax.jit(opt.tx.init)(params)
+    c = model.config
+    rng = np.random.default_rng(0)
+    batch_arrays = {
+        "image": jnp.asarray(rng.standard_normal((batch, c.image_size, c.image_size, 3)),
+                             jnp.float32),
+        "text_desc": jnp.asarray(rng.integers(1, 49406, (batch, 77)), jnp.int32),
+        "text_reason": jnp.asarray(rng.integers(1, 49406, (batch, 77)), jnp.int32),
+    }
+
+    @jax.jit
+    def step(params, opt_state, batch_arrays, i):
+        def loss_fn(p):
+            return objective.loss(p, objective.embed(p, batch_arrays), batch_arrays, i)
+
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = opt.tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    params, opt_state, loss = step(params, opt_state, batch_arrays, 0)  # compile
+    jax.block_until_ready(loss)
+    start = time.perf_counter()
+    for i in range(steps):
+        params, opt_state, loss = step(params, opt_state, batch_arrays, i)
+    jax.block_until_ready(loss)
+    seconds = (time.perf_counter() - start) / steps
+    flops = metrics.train_flops_per_example(c, 77, texts=2) * batch
+    return dict(step_s=seconds, samples_per_s=batch / seconds,
+                mfu=flops / seconds / (peak_flops(jax.devices()[0]) * jax.device_count()))
+
+
+def largest_loss_batch(impl: str, mesh, dim: int = 768) -> int:
+    """Largest N (powers of two, then a bisection) whose loss compiles within memory;
+    -1 where the device reports no memory limit (CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    limit = stats.get("bytes_limit", 0)
+    if not limit:
+        return -1
+
+    def fits(n: int) -> bool:
+        x = jax.ShapeDtypeStruct((n, dim), jnp.float32)
+        s = jax.ShapeDtypeStruct((), jnp.float32)
+        fn = jax.jit(jax.value_and_grad(
+            lambda a, b, t: losses.contrastive_loss(a, b, t, impl=impl, mesh=mesh)[0],
+            argnums=(0, 1)))
+        try:
+            m = fn.lower(x, x, s).compile().memory_analysis()
+        except Exception:  # noqa: BLE001 (a compile that runs out of memory)
+            return False
+        return m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes < limit
+
+    n = 4096
+    while fits(n * 2) and n < 2**22:
+        n *= 2
+    lo, hi = n, n * 2
+    while hi - lo > 1024:
+        mid = (lo + hi) // 2 // 1024 * 1024
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch-b16", type=int, default=256)
+    parser.add_argument("--batch-l14", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--presets", default="ViT-B-16,ViT-L-14", help="tiny: a CPU dry run")
+    args = parser.parse_args()
+    device = jax.devices()[0]
+    mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+    print(f"device: {device.device_kind} x{jax.device_count()}, peak bf16 "
+          f"{peak_flops(device) / 1e12:.0f} TFLOP/s, jax {jax.__version__}")
+    batches = {"ViT-B-16": args.batch_b16, "ViT-L-14": args.batch_l14}
+    for preset in args.presets.split(","):
+        batch = batches.get(preset, 8)
+        r = train_step_mfu(preset, batch, args.steps, mesh)
+        print(f"{preset:9s} batch {batch:4d}: {r['step_s'] * 1e3:8.1f} ms/step "
+              f"{r['samples_per_s']:8.1f} samples/s  MFU {100 * r['mfu']:5.1f}%", flush=True)
+    for impl in ("gather", "ring"):
+        print(f"largest softmax loss batch ({impl}, D=768, fwd+bwd): "
+              f"{largest_loss_batch(impl, mesh)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
