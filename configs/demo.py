@@ -7,7 +7,8 @@ Build the data first (or run `python -m reasonclip_jax.demo`, which does everyth
 
 `configs/demo.py:DATA,stage2` trains stage 2 instead (set --config.init_from to stage 1).
 `configs/demo.py:DATA,stage1,smoke` is the seconds-long variant the tests run: 32 px
-images, 24 tokens, batch 16, one device, one optimizer group, logs every step.
+images, 24 tokens, batch 16, one device, one optimizer group, logs every step;
+`smoke_eval` adds the benchmark evaluation at the end.
 """
 
 import os
@@ -44,7 +45,7 @@ def get_config(arg: str = "/tmp/scenes"):
                     split="test")]
     c.checkpoint.every_steps = 100
     c.checkpoint.best_metric = "scenes_bench/accuracy"
-    if variant == "smoke":
+    if variant.startswith("smoke"):
         c.total_steps = 3
         c.num_devices = 1
         c.model.overrides = {"image_size": 32}
@@ -57,6 +58,11 @@ def get_config(arg: str = "/tmp/scenes"):
         c.evals = []
         c.checkpoint.every_steps = 2
         c.checkpoint.best_metric = ""
+        if variant == "smoke_eval":  # evaluate at the end and keep the best weights
+            c.evals = [dict(type="rclip_bench", name="scenes_bench", split="test",
+                            data_dir=os.path.join(data, "bench"), max_examples=32)]
+            c.eval_batch_size = 16
+            c.checkpoint.best_metric = "scenes_bench/accuracy"
         c.optim.groups = [dict(name="all", regex=".*", lr=1e-4, wd=0.01)]
         c.optim.l2_init = dict(beta=1e-3, regex=r"^(visual|text)/")
     return c

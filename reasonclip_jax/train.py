@@ -338,7 +338,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             if scalars["nonfinite_streak"] >= config.max_nonfinite_streak:
                 stop_reason = (f"{int(scalars['nonfinite_streak'])} consecutive steps with a "
                                f"non-finite loss or gradient at step {step}")
-        if config.eval_every and (step % config.eval_every == 0 or step == total_steps):
+        if (config.eval_every and step % config.eval_every == 0) or step == total_steps:
             scalars = evaluate()
             if scalars:
                 writer.write(step, scalars)

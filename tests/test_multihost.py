@@ -11,9 +11,9 @@ import time
 import jax
 import numpy as np
 import pytest
+from test_train import final_params, logged, small_config
 
 from reasonclip_jax import checkpoint, train
-from test_train import final_params, logged, small_config
 
 pytestmark = pytest.mark.multiprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +30,7 @@ def scenes(tmp_path_factory):
 
 
 def config_8_devices(data: str, steps: int):
-    c = small_config(data, total_steps=steps, num_devices=8, mesh=MESH)
+    c = small_config(data, "stage1", "smoke_eval", total_steps=steps, num_devices=8, mesh=MESH)
     c.log_record_indices = True
     return c
 
@@ -39,7 +39,7 @@ def launcher_command(data: str, workdir: str, steps: int) -> list[str]:
     return [sys.executable, "-m", "reasonclip_jax.launch", "--processes", "2",
             "--devices-per-process", "4", "--kill-timeout", "5", "--",
             sys.executable, "-m", "reasonclip_jax.train",
-            f"--config=configs/demo.py:{data},stage1,smoke", f"--workdir={workdir}",
+            f"--config=configs/demo.py:{data},stage1,smoke_eval", f"--workdir={workdir}",
             f"--config.total_steps={steps}", "--config.num_devices=-1",
             f"--config.mesh.data={MESH['data']}", f"--config.mesh.fsdp={MESH['fsdp']}",
             "--config.log_record_indices=True"]
@@ -76,6 +76,11 @@ def test_two_processes_equal_one(scenes, one_process_run, tmp_path):
     losses = [m["loss"] for m in logged(workdir)]
     np.testing.assert_allclose(losses, [m["loss"] for m in logged(one_process_run)], rtol=1e-5)
     assert len(losses) == 6  # metrics written once, by process 0
+    # Evaluators under 2 processes: the same benchmark numbers as 1 process.
+    two, one = logged(workdir)[-1], logged(one_process_run)[-1]
+    assert two["scenes_bench/num_sets"] == one["scenes_bench/num_sets"] == 160
+    # Weights equal to fp32 rounding: at most a near-tie of one set may differ.
+    assert two["scenes_bench/accuracy"] == pytest.approx(one["scenes_bench/accuracy"], abs=0.007)
     assert_params_close(final_params(workdir), final_params(one_process_run))
     # Each process fed a disjoint half of every global batch: together the 1-process batch.
     p0, p1, ref = (record_indices(workdir, 0), record_indices(workdir, 1),

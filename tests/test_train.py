@@ -27,8 +27,8 @@ def scenes(tmp_path_factory):
     return out
 
 
-def small_config(data: str, stage: str = "stage1", **overrides):
-    c = demo.get_config(f"{data},{stage},smoke")
+def small_config(data: str, stage: str = "stage1", variant: str = "smoke", **overrides):
+    c = demo.get_config(f"{data},{stage},{variant}")
     for key, value in overrides.items():
         node, *path = key.split(".")
         target = c
@@ -47,9 +47,15 @@ def final_params(workdir: str):
     return checkpoint.load_model(workdir)[0]
 
 
-def test_meshes_match_one_device(scenes, tmp_path):
-    ref_dir = str(tmp_path / "one")
-    train.train(small_config(scenes), ref_dir)
+@pytest.fixture(scope="module")
+def one_device_run(scenes, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("one") / "run")
+    train.train(small_config(scenes), workdir)
+    return workdir
+
+
+def test_meshes_match_one_device(scenes, one_device_run, tmp_path):
+    ref_dir = one_device_run
     ref_losses = [m["loss"] for m in logged(ref_dir)]
     ref_params = final_params(ref_dir)
     assert len(ref_losses) == 3 and ref_losses[0] > 0
@@ -63,6 +69,40 @@ def test_meshes_match_one_device(scenes, tmp_path):
         # different reduction order) can move a weight by up to lr = 1e-4: allow a tenth.
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
                      final_params(workdir), ref_params)
+
+
+def test_gradcache_in_the_trainer_equals_the_full_batch(scenes, one_device_run, tmp_path):
+    workdir = str(tmp_path / "gradcache")
+    config = small_config(scenes, num_devices=8, mesh=dict(data=4, fsdp=2, tensor=1))
+    config.grad_accum = dict(micro_batches=2, mode="gradcache")
+    train.train(config, workdir)
+    np.testing.assert_allclose([m["loss"] for m in logged(workdir)],
+                               [m["loss"] for m in logged(one_device_run)], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+                 final_params(workdir), final_params(one_device_run))
+
+
+def test_stage2_from_stage1_adds_heads_evaluates_and_keeps_best(scenes, one_device_run,
+                                                               tmp_path):
+    from reasonclip_jax import convert
+
+    workdir = str(tmp_path / "stage2")
+    train.train(small_config(scenes, "stage2", "smoke_eval", init_from=one_device_run), workdir)
+    rows = logged(workdir)
+    assert {"loss_text_category", "loss_image_category", "text_category_acc"} <= set(rows[0])
+    assert 0.0 <= rows[-1]["scenes_bench/accuracy"] <= 1.0
+    assert rows[-1]["scenes_bench/num_sets"] == 32 * 5
+    params = final_params(workdir)
+    assert params["text_category_head"]["kernel"].shape == (64, 5)
+    with open(os.path.join(workdir, "best", "best_metric.json")) as f:
+        assert json.load(f)["step"] == 3
+    best, _ = checkpoint.load_model(os.path.join(workdir, "best"))
+    jax.tree.map(np.testing.assert_array_equal, best, params)
+    convert.export_weights("hf", workdir, str(tmp_path / "hf"))  # heads are dropped
+    params.pop("image_category_head"), params.pop("text_category_head")
+    back = convert.import_weights("hf", str(tmp_path / "hf"), str(tmp_path / "back"))
+    assert back.image_size == 32
+    jax.tree.map(np.testing.assert_array_equal, final_params(str(tmp_path / "back")), params)
 
 
 def _start(config_overrides: list[str], workdir: str, data: str) -> subprocess.Popen:
