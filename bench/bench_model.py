@@ -82,7 +82,7 @@ def main() -> None:
         def loss_fn(p):
             out = model.apply({"params": p}, images_j, tokens_j)
             return losses.softmax_contrastive_loss_dense(
-                out["image_embeds"], out["text_embeds"], out["logit_scale"])[0]
+                out["image_embeds"], out["text_embeds"], out["logit_scale"])
 
         @jax.jit
         def jax_step(p, s):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from reasonclip_jax.errors import UserError
+from reasonclip_jax.sharding import constrain
 
 Array = jax.Array
 NUM_CATEGORIES = 5  # S, A, H, T, P
@@ -136,7 +137,7 @@ class Attention(nn.Module):
             )(x)
 
         q, k, v = proj("query"), proj("key"), proj("value")
-        q = nn.with_logical_constraint(q, ("act_batch", "act_length", "act_heads", None))
+        q = constrain(q, ("act_batch", "act_length", "act_heads", None))
         logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
@@ -163,7 +164,7 @@ class Mlp(nn.Module):
             kernel_init=_param(nn.initializers.normal(std), ("embed", "mlp")),
             bias_init=_param(nn.initializers.zeros, ("mlp",)),
         )(x)
-        x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_mlp"))
+        x = constrain(x, ("act_batch", "act_length", "act_mlp"))
         x = ACTIVATIONS[self.act](x)
         return nn.Dense(
             self.width, dtype=self.dtype, name="c_proj",
@@ -193,7 +194,7 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None) -> tuple[Array, None]:
-        x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+        x = constrain(x, ("act_batch", "act_length", "act_embed"))
         h = layer_norm(self.eps, self.dtype, "ln_1")(x)
         x = x + Attention(self.width, self.heads, self.dtype, name="attn")(h, mask)
         h = layer_norm(self.eps, self.dtype, "ln_2")(x)

@@ -12,9 +12,11 @@ the one table that decides where each goes, so changing topology is a config cha
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -43,6 +45,31 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("norm", None),
     ("layers", None),
 )
+
+
+_ACTIVE: contextvars.ContextVar[tuple[Mesh, Sequence[tuple[str, Any]]] | None] = (
+    contextvars.ContextVar("reasonclip_activation_sharding", default=None))
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES
+                        ) -> Iterator[None]:
+    """Functions traced inside this context apply the model's activation constraints
+    (`constrain`); outside it they are no-ops (single device, tests, export)."""
+    token = _ACTIVE.set((mesh, tuple(rules)))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+    """`with_sharding_constraint` by logical axis names, under `activation_sharding`."""
+    active = _ACTIVE.get()
+    if active is None:
+        return x
+    mesh, rules = active
+    return nn.with_logical_constraint(x, names, rules=rules, mesh=mesh)
 
 
 def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:

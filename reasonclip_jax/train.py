@@ -10,6 +10,7 @@ gradient is not finite are skipped and counted; `max_nonfinite_streak` in a row 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -126,6 +127,12 @@ def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs (or resumes) training; returns the last logged metrics."""
+    with contextlib.ExitStack() as stack:
+        return _train(config, workdir, stack)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.ExitStack
+           ) -> dict[str, float]:
     # ---------------------------------------------------------------- logging and setup
     distributed.initialize(auto=config.get("distributed", False))
     jax.config.update("jax_threefry_partitionable", True)
@@ -286,6 +293,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             os.replace(tmp, path)
 
     # ---------------------------------------------------------------- loop
+    # Steps and evaluators are traced in here: the model's activation constraints apply.
+    stack.enter_context(sharding.activation_sharding(mesh))
     writer = metrics.MetricWriter(workdir)
     preemption = Preemption()
     texts = len(objective.text_keys)
