@@ -75,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json-caption-fields", default="caption", help="webdataset: comma-separated json fields"
     )
-    p.add_argument("--num-scenes", type=int, default=0, help="scenes: how many")
+    p.add_argument("--num-scenes", type=int, default=0, help="scenes: how many to train on")
+    p.add_argument("--num-bench-scenes", type=int, default=None,
+                   help="scenes: held-out benchmark scenes (default: as many as --num-scenes)")
     p.add_argument("--seed", type=int, default=0, help="scenes: random seed")
     p.add_argument("--image-size", type=int, default=64, help="scenes: image side in pixels")
     return p
@@ -275,8 +277,13 @@ def manifest_header(
     if source.name == "webdataset":
         options["json_caption_fields"] = args.json_caption_fields
     if source.name == "scenes":
-        options.update(num_scenes=args.num_scenes, seed=args.seed, image_size=args.image_size)
+        options.update(num_scenes=args.num_scenes, num_bench_scenes=_num_bench(args),
+                       seed=args.seed, image_size=args.image_size)
     return {"source": output.name, "options": options}
+
+
+def _num_bench(args: argparse.Namespace) -> int:
+    return args.num_scenes if args.num_bench_scenes is None else args.num_bench_scenes
 
 
 def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -289,6 +296,7 @@ def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
             f.strip() for f in args.json_caption_fields.split(",") if f.strip()
         ),
         num_scenes=args.num_scenes,
+        num_bench_scenes=_num_bench(args),
         seed=args.seed,
         image_size=args.image_size,
     )

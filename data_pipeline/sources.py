@@ -59,6 +59,7 @@ class SourceConfig:
     image_root: str | None = None
     json_caption_fields: tuple[str, ...] = ("caption",)
     num_scenes: int = 0
+    num_bench_scenes: int = 0  # held out: scene indices after the training scenes
     seed: int = 0
     image_size: int = 64
 
@@ -101,9 +102,10 @@ def list_units(source: Source, pattern: str | None, config: SourceConfig) -> lis
     if source.name == "scenes":
         if config.num_scenes < 1:
             raise UserError("--source scenes needs --num-scenes N with N >= 1")
+        total = config.num_scenes + config.num_bench_scenes
         return [
-            Unit(name="scenes", start=i, stop=min(i + SCENES_PER_UNIT, config.num_scenes))
-            for i in range(0, config.num_scenes, SCENES_PER_UNIT)
+            Unit(name="scenes", start=i, stop=min(i + SCENES_PER_UNIT, total))
+            for i in range(0, total, SCENES_PER_UNIT)
         ]
     if not pattern:
         raise UserError(f"--source {source.name} needs --input PATH_OR_GLOB")
@@ -323,7 +325,9 @@ def read_webdataset(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
 
 
 def read_scenes(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
-    """Each scene gives one stage-1 row, one stage-2 row per category caption, one bench row."""
+    """A training scene (index < num_scenes) gives one stage-1 row and one stage-2 row per
+    category caption; a held-out scene (the next num_bench_scenes indices) one bench row, so
+    the benchmark never shows an image the model trained on."""
     from data_pipeline import scenes
     from reasonclip_jax.records import CATEGORIES
 
@@ -333,12 +337,19 @@ def read_scenes(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
             png = io.BytesIO()
             scene.image.save(png, "PNG")
         except Exception as e:
-            for output in ("stage1", "stage2", "bench"):
+            held_out = index >= config.num_scenes
+            for output in ("bench",) if held_out else ("stage1", "stage2"):
                 yield dataclasses.replace(
                     _unreadable(unit, index - unit.start, e), key=f"scene:{index}", output=output
                 )
             continue
         image = png.getvalue()
+        if index >= config.num_scenes:
+            yield RawRow(
+                key=scene.key, image_bytes=image, output="bench",
+                fields={"sets": list(scene.bench_sets)},
+            )
+            continue
         yield RawRow(
             key=scene.key,
             image_bytes=image,
@@ -356,12 +367,6 @@ def read_scenes(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
                     "image_labels": list(scene.image_labels),
                 },
             )
-        yield RawRow(
-            key=scene.key,
-            image_bytes=image,
-            output="bench",
-            fields={"sets": list(scene.bench_sets)},
-        )
 
 
 # ----------------------------------------------------------------------------------------------

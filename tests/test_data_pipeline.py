@@ -494,20 +494,25 @@ def test_scenes_write_three_directories(tmp_path):
             out,
             "--validation-fraction",
             "0.3",
+            "--num-bench-scenes",
+            "4",
         ]
     )
     assert sorted(manifests) == [os.path.join(out, s) for s in ("bench", "stage1", "stage2")]
     expected = [scenes.make_scene(i, 3, 64) for i in range(5)]
+    held_out = [scenes.make_scene(i, 3, 64) for i in range(5, 9)]
     stage1 = read_back(os.path.join(out, "stage1"))
     stage2 = read_back(os.path.join(out, "stage2"))
     bench = read_back(os.path.join(out, "bench"))
-    assert (len(stage1), len(stage2), len(bench)) == (5, 15, 5)
+    assert (len(stage1), len(stage2), len(bench)) == (5, 15, 4)
+    assert not set(bench) & set(stage1)  # the benchmark's images are never trained on
+    for s in held_out:
+        assert list(bench[s.key][1].sets) == [dict(x) for x in s.bench_sets]
     assert all(m["rejected"] == 0 for m in manifests.values())
     assert {split for split, _ in bench.values()} == {"test"}
     for s in expected:
         r = stage1[s.key][1]
         assert (r.desc, r.reason, (r.width, r.height)) == (s.desc, s.reason, (64, 64))
-        assert list(bench[s.key][1].sets) == [dict(x) for x in s.bench_sets]
         for label, caption in s.cat_captions:
             r = stage2[f"{s.key}/{records.CATEGORIES[label]}"][1]
             assert (r.cat_caption, r.cat_label, r.image_labels) == (caption, label, s.image_labels)
