@@ -239,3 +239,23 @@ def test_vit_b32_through_import_and_encode(tmp_path, rng):
     _assert_states_equal(_numpy_state(hf), load_file(str(tmp_path / "hf2/model.safetensors")))
     with open(tmp_path / "hf2/config.json") as f:
         assert json.load(f)["vision_config"]["patch_size"] == 32
+
+
+def test_safetensors_conversion_and_training_imports_need_no_torch(tmp_path):
+    hf = hf_clip(TINY)
+    hf.save_pretrained(tmp_path / "hf")
+    script = f"""
+import sys
+sys.modules["torch"] = None  # any import of torch now fails
+from reasonclip_jax import convert
+convert.import_weights("hf", {str(tmp_path / "hf")!r}, {str(tmp_path / "ckpt")!r})
+convert.export_weights("hf", {str(tmp_path / "ckpt")!r}, {str(tmp_path / "out")!r})
+convert.export_weights("openai", {str(tmp_path / "ckpt")!r}, {str(tmp_path / "w.safetensors")!r})
+import reasonclip_jax.train, reasonclip_jax.input_pipeline, reasonclip_jax.evaluators
+assert "transformers" not in sys.modules
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
