@@ -33,6 +33,7 @@ from ml_collections import config_flags
 from reasonclip_jax import (
     checkpoint,
     distributed,
+    evaluators,
     grad_accum,
     input_pipeline,
     metrics,
@@ -151,6 +152,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
     sharding.batch_size_per_shard(mesh, config.input.batch_size)
     batch_sharding = sharding.batch_sharding(mesh)
     total_steps = config.total_steps
+    evaluators.check_configs(config.evals)  # a bad eval fails now, not after training
 
     # ---------------------------------------------------------------- model and optimizer
     model_config = _model_config(config)
@@ -261,7 +263,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
     )
 
     # ---------------------------------------------------------------- evaluators
-    from reasonclip_jax import evaluators
     from reasonclip_jax.encode import Encoder
 
     def evaluate() -> dict[str, float]:

@@ -192,6 +192,10 @@ def test_user_errors(scenes, tmp_path):
     with pytest.raises(UserError, match="needs 16 devices"):
         train.train(small_config(scenes, num_devices=8, mesh=dict(data=4, fsdp=4, tensor=1)),
                     str(tmp_path / "b"))
+    with pytest.raises(UserError, match="data_dir /nonexistent is not a directory"):
+        config = small_config(scenes, "stage1", "smoke_eval")
+        config.evals[0]["data_dir"] = "/nonexistent"
+        train.train(config, str(tmp_path / "f"))
     with pytest.raises(UserError, match="unknown model preset"):
         train.train(small_config(scenes, **{"model.preset": "ViT-Z-1"}), str(tmp_path / "c"))
     # A pretrained checkpoint whose weights do not fit the configured model.
