@@ -265,10 +265,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stack: contextlib.Ex
     # ---------------------------------------------------------------- evaluators
     from reasonclip_jax.encode import Encoder
 
+    # One encoder for the whole run: its jitted towers compile once, params change per eval.
+    encoder = Encoder(params, model_config, config.eval_batch_size, mesh=mesh)
+
     def evaluate() -> dict[str, float]:
         if not config.evals:
             return {}
-        encoder = Encoder(params, model_config, config.eval_batch_size, mesh=mesh)
+        encoder.params = params
         return evaluators.run_evaluators(config.evals, encoder)
 
     best = {"value": None}

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from test_data_pipeline_process import png_header_only
 
 from data_pipeline import build, process, write
 from reasonclip_jax import records
@@ -38,21 +39,6 @@ def image_bytes(width: int, height: int, seed: int, fmt: str = "JPEG", mode: str
     out = io.BytesIO()
     image.save(out, fmt)
     return out.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"junk") + chunk(b"IEND", b"")
-    )
 
 
 def files_of(directory: str) -> dict[str, bytes]:
