@@ -2,26 +2,36 @@
 
 Both read the same synthetic stage-1 shards (256 px JPEGs, two ~25-word captions per example)
 and do the same work per image: read the record, decode the JPEG, random resized crop to 224,
-normalise, tokenize the two captions to 77 tokens, stack batches. The bare loop is plain
-Python in this process; the pipeline is `input_pipeline.make_train_iterator` with 0, 1 and 2
-grain workers. Reported per run:
+tokenize the two captions to 77 tokens, stack batches. The bare loop is plain Python in this
+process; the pipeline is `input_pipeline.make_train_iterator` with 0, 1 and 2 grain workers
+and no read threads (with 0 workers the pipeline runs in the trainer process's prefetch
+thread), and, for comparison, with 0 workers and 2 read threads: threads in one process hand
+every example across and contend for the GIL, which costs CPU (not counted in the target).
+Both are measured twice: with uint8 images (the pipeline's default; the model normalises them
+on the accelerator) and with float32 images normalised on the host (`image_dtype="float32"`;
+the bare loop normalises too). Reported per run:
 
-  images/s          images over the wall time spent producing them (best round)
-  cpu ms/img        CPU seconds of this process and its worker processes per image (best)
+  images/s          images over the wall time spent producing them (median round)
+  img/cpu-s         images per CPU second: the rate of one fully busy core (per worker)
+  cpu ms/img        CPU seconds of this process and its worker processes per image (median)
   overhead          CPU per image over the bare loop's, minus 1: the pipeline's extra CPU
-                    work per image (threads, worker IPC, shared memory); the median over
-                    rounds of the ratio to the mean of the bare runs just before and after
-  rounds            the range of that ratio over the rounds; for the bare loop, the range
-                    of its own CPU time around its median (the host's noise floor)
+                    work per image (threads, worker IPC, shared memory): the pipeline's CPU
+                    summed over all rounds over the sum, over the same rounds, of the mean
+                    of the bare runs just before and after each pipeline run
+  rounds            the middle half (25th..75th percentile) of that ratio over the rounds;
+                    for the bare loop, of its own CPU time over its median (the host's
+                    noise: this VM's speed drifts by tens of percent within seconds, so runs
+                    are short and many, and every pipeline run sits between two bare runs)
 
-Each round runs bare, 0 workers, bare, 1 worker, bare, 2 workers, bare, so every pipeline run
-is compared with bare runs made under the same load of the host. The target is an overhead
-of at most 15%: then N cores give at least N / 1.15 bare loops. The last line measures one
-cost the workers cannot avoid: each float32 batch crosses to the trainer process in a new
-shared-memory block, whose pages the kernel allocates and zeroes (cheap on bare metal, about
-1 ms per MB in some virtual machines).
+Per image dtype, each round runs bare, 0 workers, bare, 0 workers with threads, bare, 1
+worker, bare, 2 workers, bare, so every pipeline run is compared with bare runs of the same
+work made under the same load of the host. The target is an overhead of at most 15%: then
+N cores give at least N / 1.15 bare loops. The last lines measure one cost the workers
+cannot avoid: each batch crosses to the trainer process in a new shared-memory block, whose
+pages the kernel allocates and zeroes (cheap on bare metal, about 1 ms per MB in some
+virtual machines); uint8 batches are a quarter of the float32 bytes.
 
-    python bench/bench_input_pipeline.py [--images 320] [--batch 32] [--rounds 5]
+    python bench/bench_input_pipeline.py [--images 64] [--batch 32] [--rounds 30]
 """
 
 from __future__ import annotations
@@ -97,38 +107,53 @@ def cpu_seconds() -> float:
     return total
 
 
-def bare_loop(directory: str, num_images: int, batch: int) -> tuple[float, float]:
-    """The same per-image work, in order, in this process. Returns (wall s, cpu s)."""
-    source = array_record_data_source.ArrayRecordDataSource(records.shard_paths(directory, "train"))
-    view = example_views.make_view("stage1")
-    order = np.random.default_rng(0).permutation(len(source) * 9)[:num_images]
-    start_wall, start_cpu = time.perf_counter(), cpu_seconds()
-    rows = []
-    for k in order:
-        record_id, variant = divmod(int(k), 9)
-        record = records.decode_record(source[record_id])
-        view.check(record)
-        image = image_transforms.decode_image(record.image)
-        pixels = image_transforms.train_pixels(
-            image, CROP, np.random.default_rng([0, 0, 0, int(k)])
-        )
-        tokens = tokenizer.tokenize(view.texts(record, variant, 0, 0, record_id), CONTEXT)
-        rows.append({"image": pixels, "text_desc": tokens[0], "text_reason": tokens[1],
-                     "record_index": np.int64(record_id)})
-        if len(rows) == batch:
-            stacked = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
-            image_transforms.normalize(stacked["image"])
-            rows = []
-    return time.perf_counter() - start_wall, cpu_seconds() - start_cpu
+class BareLoop:
+    """The pipeline's per-image work, in order, in this process, continuing where it stopped.
+
+    The shards are opened and the order drawn once, outside the measured runs, as the
+    pipeline opens them once too.
+    """
+
+    def __init__(self, directory: str, batch: int, normalize: bool):
+        paths = records.shard_paths(directory, "train")
+        self.source = array_record_data_source.ArrayRecordDataSource(paths)
+        self.view = example_views.make_view("stage1")
+        self.order = np.random.default_rng(0).permutation(len(self.source) * 9)
+        self.position, self.batch, self.normalize = 0, batch, normalize
+
+    def run(self, num_images: int) -> tuple[float, float]:
+        """Processes the next `num_images`; returns (wall s, cpu s)."""
+        start_wall, start_cpu = time.perf_counter(), cpu_seconds()
+        rows = []
+        for _ in range(num_images):
+            k = int(self.order[self.position % len(self.order)])
+            self.position += 1
+            record_id, variant = divmod(k, 9)
+            record = records.decode_record(self.source[record_id])
+            self.view.check(record)
+            image = image_transforms.decode_image(record.image)
+            pixels = image_transforms.train_pixels(image, CROP, np.random.default_rng([0, 0, 0, k]))
+            texts = self.view.texts(record, variant, 0, 0, record_id)
+            tokens = tokenizer.tokenize(texts, CONTEXT)
+            rows.append({"image": pixels, "text_desc": tokens[0], "text_reason": tokens[1],
+                         "record_index": np.int64(record_id)})
+            if len(rows) == self.batch:
+                stacked = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+                if self.normalize:
+                    image_transforms.normalize(stacked["image"])
+                rows = []
+        return time.perf_counter() - start_wall, cpu_seconds() - start_cpu
 
 
-def make_pipeline(directory: str, batch: int, workers: int) -> Any:
+def make_pipeline(
+    directory: str, batch: int, workers: int, read_threads: int, image_dtype: str
+) -> Any:
     """`make_train_iterator` over the same shards, with `workers` grain worker processes."""
     cfg = input_pipeline.get_config()
     cfg.update(dict(
         data_dirs=[directory], view="stage1", batch_size=batch, image_size=CROP,
-        context_length=CONTEXT, shuffle_seed=0, worker_count=workers, worker_buffer_size=1,
-        read_threads=2 if workers == 0 else 0, read_buffer_size=2 * batch, prefetch=1,
+        image_dtype=image_dtype, context_length=CONTEXT, shuffle_seed=0, worker_count=workers,
+        worker_buffer_size=1, read_threads=read_threads, read_buffer_size=2 * batch, prefetch=1,
     ))
     return input_pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
 
@@ -152,14 +177,18 @@ def runnable_threads() -> int:
     return count
 
 
-def wait_until_idle(poll_s: float = 0.05, quiet_s: float = 0.3, timeout_s: float = 20.0) -> float:
-    """Waits until this process and its workers stop working; returns when they stopped.
+def wait_until_idle(
+    poll_s: float = 0.02, quiet_s: float = 0.1, timeout_s: float = 20.0
+) -> tuple[float, float]:
+    """Waits until this process and its workers stop working.
 
-    Working means a thread is runnable or at least one clock tick of CPU went by in a poll
-    interval (a runnable thread starved by other processes still counts as working). Idle
-    pipelines block on their full buffers, so they go quiet once every buffer is full.
+    Returns (when they stopped, CPU seconds this waiting thread spent polling). Working means
+    a thread is runnable or at least one clock tick of CPU went by in a poll interval (a
+    runnable thread starved by other processes still counts as working). Idle pipelines
+    block on their full buffers, so they go quiet once every buffer is full.
     """
     start = last_busy = time.perf_counter()
+    start_own = time.thread_time()
     last_cpu = cpu_seconds()
     while True:
         time.sleep(poll_s)
@@ -168,7 +197,7 @@ def wait_until_idle(poll_s: float = 0.05, quiet_s: float = 0.3, timeout_s: float
             last_busy = now
         last_cpu = cpu
         if now - last_busy >= quiet_s or now - start >= timeout_s:
-            return last_busy
+            return last_busy, time.thread_time() - start_own
 
 
 def measure(iterator: Any, num_images: int, batch: int) -> tuple[float, float]:
@@ -176,30 +205,30 @@ def measure(iterator: Any, num_images: int, batch: int) -> tuple[float, float]:
 
     Measured from idle with full buffers to idle with full buffers again: in between the
     pipeline produced exactly the batches taken, whatever its buffer sizes, and the wall time
-    ends when it stopped working.
+    ends when it stopped working. The CPU the waiting itself costs (reading /proc) is left out.
     """
     wait_until_idle()
     start_wall, start_cpu = time.perf_counter(), cpu_seconds()
     for _ in range(num_images // batch):
         next(iterator)
-    end_wall = wait_until_idle()
-    return end_wall - start_wall, cpu_seconds() - start_cpu
+    end_wall, polling_cpu = wait_until_idle()
+    return end_wall - start_wall, cpu_seconds() - start_cpu - polling_cpu
 
 
-def fresh_shared_memory_ms(batch: int, repeats: int = 10) -> float:
+def fresh_shared_memory_ms(batch: int, dtype: np.dtype, repeats: int = 10) -> float:
     """CPU ms per image of writing a batch into new shared memory rather than reused memory.
 
     Grain workers hand each batch over in a new shared-memory block, so every batch lands on
     pages the kernel must allocate and zero; a single process reuses its heap instead.
     """
     shape = (batch, CROP, CROP, 3)
-    reused = np.empty(shape, np.float32)
+    reused = np.empty(shape, dtype)
 
     def fill(fresh: bool) -> float:
         start = time.process_time()
         for _ in range(repeats):
-            out = SharedMemoryArray(shape, np.float32) if fresh else reused
-            out[...] = 1.0
+            out = SharedMemoryArray(shape, dtype) if fresh else reused
+            out[...] = 1
             if fresh:
                 out.unlink_on_del()
             del out
@@ -209,61 +238,96 @@ def fresh_shared_memory_ms(batch: int, repeats: int = 10) -> float:
     return 1e3 * (fill(True) - fill(False)) / (repeats * batch)
 
 
+def print_table(runs: dict[str, list[tuple[float, float]]],
+                pairs: dict[str, list[tuple[float, float]]], num_images: int) -> dict[str, float]:
+    """One table row per run; returns the overhead of each pipeline run."""
+    overheads = {}
+    for name in runs:
+        wall = np.median([w for w, _ in runs[name]])
+        cpu = np.median([c for _, c in runs[name]])
+        if name in pairs:
+            piped, bare = np.array(pairs[name]).T
+            overheads[name] = piped.sum() / bare.sum() - 1
+            ratios = piped / bare
+        else:  # the bare runs' own spread: the noise floor of this host
+            cpus = np.array([c for _, c in runs[name]])
+            ratios = cpus / np.median(cpus)
+        low, high = np.percentile(ratios, [25, 75]) - 1
+        print(f"{name:<44}{num_images / wall:>10.1f}{num_images / cpu:>11.1f}"
+              f"{1e3 * cpu / num_images:>12.2f}{overheads.get(name, 0.0):>+10.1%}"
+              f"  {low:+.0%} .. {high:+.0%}")
+    return overheads
+
+
+# (workers, read threads per process, counted in the target): the recommended settings, and
+# read threads in the trainer process, which contend for the GIL with each other.
+SETUPS = ((0, 0, True), (0, 2, False), (1, 0, True), (2, 0, True))
+
+
+def setup_name(dtype: str, workers: int, threads: int) -> str:
+    return f"pipeline, {dtype}, {workers} workers" + (f", {threads} threads" if threads else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=320, help="images measured per run")
+    parser.add_argument("--images", type=int, default=64, help="images measured per run")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
     num_images = args.images // args.batch * args.batch
-    bare = "bare loop (1 process)"
-    names = [bare] + [f"pipeline, {w} workers" for w in (0, 1, 2)]
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
-    ratios: dict[str, list[float]] = {name: [] for name in names[1:]}
+    dtypes = ("uint8", "float32")  # the default first
+    bare = {d: f"bare loop, {d} (1 process)" for d in dtypes}
+    piped = {(d, w, t): setup_name(d, w, t) for d in dtypes for w, t, _ in SETUPS}
+    runs: dict[str, list[tuple[float, float]]] = {n: [] for n in [*bare.values(), *piped.values()]}
+    pairs: dict[str, list[tuple[float, float]]] = {name: [] for name in piped.values()}
     with tempfile.TemporaryDirectory() as directory:
         write_shards(directory, num_records=256)
         print(f"cores: {os.cpu_count()}  images per run: {num_images}  batch: {args.batch}  "
               f"rounds: {args.rounds}  load average: {os.getloadavg()[0]:.2f}")
-        pipelines = {w: make_pipeline(directory, args.batch, w) for w in (0, 1, 2)}
-        for iterator in pipelines.values():
-            next(iterator)  # start the workers outside the measurements
 
-        def run_bare() -> float:
+        bare_loops = {d: BareLoop(directory, args.batch, normalize=d == "float32") for d in dtypes}
+
+        def run_bare(dtype: str) -> float:
             wait_until_idle()
-            runs[bare].append(bare_loop(directory, num_images, args.batch))
-            return runs[bare][-1][1]
+            runs[bare[dtype]].append(bare_loops[dtype].run(num_images))
+            return runs[bare[dtype]][-1][1]
 
-        for _ in range(args.rounds):
-            before = run_bare()
-            for name in names[1:]:  # each pipeline run between two bare runs
-                runs[name].append(measure(pipelines[int(name.split()[1])], num_images, args.batch))
-                after = run_bare()
-                ratios[name].append(runs[name][-1][1] / ((before + after) / 2))
-                before = after
-        for iterator in pipelines.values():
-            iterator.close()
+        # One dtype at a time: fewer idle pipelines, whose little polling CPU would count.
+        for dtype in dtypes:
+            pipelines = {
+                (w, t): make_pipeline(directory, args.batch, w, t, dtype) for w, t, _ in SETUPS
+            }
+            for iterator in pipelines.values():
+                next(iterator)  # start the workers outside the measurements
+            for _ in range(args.rounds):
+                before = run_bare(dtype)
+                for (workers, threads), iterator in pipelines.items():
+                    name = piped[dtype, workers, threads]  # between two bare runs
+                    runs[name].append(measure(iterator, num_images, args.batch))
+                    after = run_bare(dtype)
+                    pairs[name].append((runs[name][-1][1], (before + after) / 2))
+                    before = after
+            for iterator in pipelines.values():
+                iterator.close()
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    print(f"{'run':<26}{'images/s':>10}{'cpu ms/img':>12}{'overhead':>10}  rounds")
+    print(f"{'run':<44}{'images/s':>10}{'img/cpu-s':>11}{'cpu ms/img':>12}{'overhead':>10}"
+          f"  rounds")
     overheads = {}
-    for name in names:
-        wall = min(w for w, _ in runs[name])
-        cpu = min(c for _, c in runs[name])
-        if name in ratios:
-            overheads[name] = float(np.median(ratios[name])) - 1
-            low, high = min(ratios[name]) - 1, max(ratios[name]) - 1
-        else:  # the bare runs' own spread: the noise floor of this host
-            cpus = np.array([c for _, c in runs[name]])
-            low, high = cpus.min() / np.median(cpus) - 1, cpus.max() / np.median(cpus) - 1
-        spread = f"  {low:+.0%} .. {high:+.0%}"
-        print(f"{name:<26}{num_images / wall:>10.1f}{1e3 * cpu / num_images:>12.2f}"
-              f"{overheads.get(name, 0.0):>+10.1%}{spread}")
-    worst = max(overheads.values())
-    print(f"per-core overhead target <= 15%: {'holds' if worst <= 0.15 else 'does NOT hold'}"
-          f" (worst median {worst:+.1%})")
-    bare_ms = 1e3 * min(c for _, c in runs[bare]) / num_images
-    fresh = fresh_shared_memory_ms(args.batch)
-    print(f"of which fresh shared-memory pages for float32 batches (with workers): "
-          f"{fresh:.2f} ms/img = {fresh / bare_ms:+.1%} of the bare loop")
+    for dtype in dtypes:
+        names = [bare[dtype], *(piped[dtype, w, t] for w, t, _ in SETUPS)]
+        overheads.update(print_table({n: runs[n] for n in names}, pairs, num_images))
+    for dtype in dtypes:
+        counted = [overheads[piped[dtype, w, t]] for w, t, in_target in SETUPS if in_target]
+        worst = max(counted)
+        verdict = "holds" if worst <= 0.15 else "does NOT hold"
+        default = " (the default)" if dtype == dtypes[0] else ""
+        print(f"per-core overhead target <= 15%, {dtype} images{default}, 0/1/2 workers without "
+              f"read threads: {verdict} (worst {worst:+.1%})")
+    bare_ms = 1e3 * np.median([c for _, c in runs[bare["float32"]]]) / num_images
+    for dtype in dtypes:
+        fresh = fresh_shared_memory_ms(args.batch, np.dtype(dtype))
+        print(f"fresh shared-memory pages for {dtype} batches (with workers): "
+              f"{fresh:.2f} ms/img = {fresh / bare_ms:+.1%} of the float32 bare loop")
 
 
 if __name__ == "__main__":

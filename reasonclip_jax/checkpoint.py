@@ -111,6 +111,17 @@ def _params_metadata(step_dir: str) -> Any:
 # ------------------------------------------------------------------------- training runs
 
 
+def latest_train_step(directory: str) -> int | None:
+    """The last committed step of a trainer's checkpoint directory, without touching it.
+
+    Unlike `train_manager`, it never deletes torn temporary steps, so it can look at a run
+    that another process is about to resume.
+    """
+    options = ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False)
+    with ocp.CheckpointManager(os.path.abspath(directory), options=options) as manager:
+        return manager.latest_step()
+
+
 def train_manager(directory: str, keep: int, async_save: bool = True
                   ) -> ocp.CheckpointManager:
     """The trainer's CheckpointManager: each step holds params, train_state (optimizer state,

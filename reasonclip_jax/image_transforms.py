@@ -67,12 +67,20 @@ def center_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, 
     return left, top, left + size, top + size
 
 
+def normalization_constants(
+    mean: tuple[float, ...] = OPENAI_MEAN, std: tuple[float, ...] = OPENAI_STD
+) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (scale, offset) per channel: normalised = pixels * scale - offset."""
+    scale = (1.0 / (255.0 * np.asarray(std, np.float64))).astype(np.float32)
+    offset = (np.asarray(mean, np.float64) / np.asarray(std, np.float64)).astype(np.float32)
+    return scale, offset
+
+
 def normalize(
     pixels: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD, out: np.ndarray | None = None
 ) -> np.ndarray:
     """uint8 [..., W, 3] pixels -> float32 `(pixels / 255 - mean) / std`, into `out` if given."""
-    scale = (1.0 / (255.0 * np.asarray(std, np.float64))).astype(np.float32)
-    offset = (np.asarray(mean, np.float64) / np.asarray(std, np.float64)).astype(np.float32)
+    scale, offset = normalization_constants(mean, std)
     if out is None:
         out = np.empty(pixels.shape, np.float32)
     if not out.flags.c_contiguous or out.shape != pixels.shape:

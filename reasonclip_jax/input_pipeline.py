@@ -8,7 +8,7 @@ Training (`make_train_iterator`), for each source i of `data_dirs`:
 
 then: weighted mix of the sources (grain's MapDataset.mix: deterministic, each source keeps its
 own order) -> this process's slice `[process_index::process_count]`, so over all processes each
-example of an epoch is read exactly once -> read, decode, augment, normalise, tokenize (in
+example of an epoch is read exactly once -> read, decode, augment, tokenize (in
 `worker_count` grain worker processes, or in this process when 0) -> batches of
 `batch_size // process_count` -> thread prefetch. The mixed stream is infinite when
 num_epochs is None; otherwise it stops when any source has run its epochs, and the last
@@ -27,8 +27,13 @@ repetition; the sources are concatenated. Every process gets `num_eval_batches()
 process p its rows [p * b, (p + 1) * b) with b = B // process_count. Rows past the end, and
 records that cannot be used, are padding: `mask` False, every field zero, `record_index` -1.
 
+Images leave the pipeline as raw uint8 pixels by default (`image_dtype`): the model
+normalises integer pixels on the device (`model.normalize_pixels`, the same formula), which
+keeps that work off the host CPUs and sends a quarter of the bytes to the accelerator.
+With `image_dtype="float32"` the batches are CLIP-normalised here instead.
+
 Batch keys (B = per-process batch, L = context_length, S = image_size):
-    image          float32 [B, S, S, 3]  CLIP-normalised
+    image          uint8   [B, S, S, 3]  raw pixels (float32, CLIP-normalised, if asked)
     text           int32   [B, L]        stage0, stage2
     text_desc      int32   [B, L]        stage1
     text_reason    int32   [B, L]        stage1
@@ -54,6 +59,8 @@ Config keys (`get_config()`; a training config sets them under `config.input`):
     text_fields         stage0's caption pool: ("desc",), ("reason", "cat_caption"), ...
     batch_size          global batch size (divided by the process count)
     image_size          output side in pixels
+    image_dtype         "uint8" (raw pixels, normalised by the model on device) | "float32"
+                        (CLIP-normalised on the host)
     context_length      text tokens per caption (77 CLIP, 64 SigLIP)
     augment             "random_resized_crop" | "center_crop" (training only)
     rrc_scale           random resized crop area fraction range
@@ -64,7 +71,10 @@ Config keys (`get_config()`; a training config sets them under `config.input`):
     worker_count        grain worker processes per host; 0 = decode in this process
     worker_buffer_size  batches each worker keeps ready
     read_threads        threads per process (the trainer's, or each worker's) reading and
-                        decoding examples; 0-1 is enough with workers, one per core without
+                        decoding examples; 0 = in the iterating thread. Every example then
+                        crosses threads and they contend for the GIL, which costs CPU
+                        (bench: +13% for 2 threads in one process), so use workers for more
+                        cores and threads only to hide slow (remote) reads
     read_buffer_size    examples buffered per process ahead of batching
     prefetch            batches a background thread of the trainer keeps ready; 0 = none
 
@@ -97,6 +107,7 @@ from reasonclip_jax.errors import UserError
 
 TokenizeFn = Callable[[Sequence[str], int], np.ndarray]
 AUGMENTS = ("random_resized_crop", "center_crop")
+IMAGE_DTYPES = ("uint8", "float32")
 # A record is skipped on these; anything else (a bug, an unreadable shard) still raises.
 _RECORD_ERRORS = (KeyError, TypeError, *image_transforms.DECODE_ERRORS)
 
@@ -112,6 +123,7 @@ def get_config() -> ml_collections.ConfigDict:
             text_fields=("desc",),
             batch_size=256,
             image_size=224,
+            image_dtype="uint8",
             context_length=77,
             augment="random_resized_crop",
             rrc_scale=image_transforms.DEFAULT_RRC_SCALE,
@@ -121,7 +133,7 @@ def get_config() -> ml_collections.ConfigDict:
             num_epochs=None,
             worker_count=0,
             worker_buffer_size=2,
-            read_threads=4,
+            read_threads=0,
             read_buffer_size=64,
             prefetch=2,
         )
@@ -221,7 +233,7 @@ def _clip_tokenize(texts: Sequence[str], context_length: int) -> np.ndarray:
 class ExampleReader:
     """Reads item (source, epoch, index in the view's space) -> example dict or `Skipped`.
 
-    Examples carry uint8 pixels; `collate` normalises whole batches.
+    Examples carry uint8 pixels; `collate` normalises whole batches if asked.
     """
 
     sources: tuple[Source, ...]
@@ -284,6 +296,13 @@ class ExampleReader:
         }
 
 
+def _host_normalizes(cfg: ml_collections.ConfigDict) -> bool:
+    if cfg.image_dtype not in IMAGE_DTYPES:
+        raise UserError(f"input.image_dtype '{cfg.image_dtype}': use one of "
+                        f"{', '.join(IMAGE_DTYPES)}")
+    return cfg.image_dtype == "float32"
+
+
 def _make_reader(cfg: ml_collections.ConfigDict, sources: Sequence[Source], augment: str,
                  tokenize_fn: TokenizeFn | None) -> ExampleReader:
     view = example_views.make_view(cfg.view, cfg.text_fields)
@@ -301,16 +320,23 @@ def _make_reader(cfg: ml_collections.ConfigDict, sources: Sequence[Source], augm
     )
 
 
-def collate(rows: Sequence[dict[str, np.ndarray]], shared_memory: bool) -> dict[str, np.ndarray]:
-    """Stacks examples along a new batch axis; uint8 `image`s become normalised float32.
+def collate(
+    rows: Sequence[dict[str, np.ndarray]], shared_memory: bool, normalize: bool
+) -> dict[str, np.ndarray]:
+    """Stacks examples along a new batch axis; with `normalize`, uint8 images become float32.
 
-    With `shared_memory` (in grain workers) the images are normalised straight into a
+    With `shared_memory` (in grain workers) the images are written straight into a
     shared-memory array, which grain hands to the trainer process without another copy.
     """
-    batch = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
-    pixels = batch["image"]
-    out = SharedMemoryArray(pixels.shape, np.float32) if shared_memory else None
-    batch["image"] = image_transforms.normalize(pixels, out=out)
+    batch = {key: np.stack([row[key] for row in rows]) for key in rows[0] if key != "image"}
+    shape = (len(rows), *rows[0]["image"].shape)
+    if normalize:
+        pixels = np.stack([row["image"] for row in rows])
+        out = SharedMemoryArray(shape, np.float32) if shared_memory else None
+        batch["image"] = image_transforms.normalize(pixels, out=out)
+    else:
+        out = SharedMemoryArray(shape, np.uint8) if shared_memory else None
+        batch["image"] = np.stack([row["image"] for row in rows], out=out)
     return batch
 
 
@@ -325,14 +351,17 @@ class SkippingBatchIterDataset(grain.IterDataset):
     incomplete last batch is dropped (with a warning if it met skipped records).
     """
 
-    def __init__(self, parent: grain.IterDataset, batch_size: int, shared_memory: bool):
+    def __init__(
+        self, parent: grain.IterDataset, batch_size: int, shared_memory: bool, normalize: bool
+    ):
         super().__init__(parent)
         self._batch_size = batch_size
         self._shared_memory = shared_memory
+        self._normalize = normalize
 
     def __iter__(self) -> grain.DatasetIterator:
         return _SkippingBatchIterator(
-            self._parent.__iter__(), self._batch_size, self._shared_memory
+            self._parent.__iter__(), self._batch_size, self._shared_memory, self._normalize
         )
 
     def __str__(self) -> str:
@@ -340,10 +369,14 @@ class SkippingBatchIterDataset(grain.IterDataset):
 
 
 class _SkippingBatchIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, batch_size: int, shared_memory: bool):
+    def __init__(
+        self, parent: grain.DatasetIterator, batch_size: int, shared_memory: bool,
+        normalize: bool,
+    ):
         super().__init__(parent)
         self._batch_size = batch_size
         self._shared_memory = shared_memory
+        self._normalize = normalize
 
     def __next__(self) -> dict[str, np.ndarray]:
         rows, skipped = [], 0
@@ -358,7 +391,7 @@ class _SkippingBatchIterator(grain.DatasetIterator):
                 skipped += 1
             else:
                 rows.append(element)
-        batch = collate(rows, self._shared_memory)
+        batch = collate(rows, self._shared_memory, self._normalize)
         batch["skipped_records"] = np.int64(skipped)
         return batch
 
@@ -501,7 +534,8 @@ def make_train_dataset(
         ds = ds[start_position:]
     ds = ds[process_index::process_count].map(reader)
     ds = SkippingBatchIterDataset(
-        ds.to_iter_dataset(_read_options(cfg)), local_batch, shared_memory=cfg.worker_count > 0
+        ds.to_iter_dataset(_read_options(cfg)), local_batch,
+        shared_memory=cfg.worker_count > 0, normalize=_host_normalizes(cfg),
     )
     return _finish(ds, cfg)
 
@@ -526,6 +560,7 @@ class _EvalBatchBuilder:
     local_batch: int
     process_index: int
     shared_memory: bool
+    normalize: bool
 
     def __call__(self, batch_id: int) -> dict[str, np.ndarray]:
         rows, skipped = [], 0
@@ -540,8 +575,8 @@ class _EvalBatchBuilder:
                 rows.append({**row, "mask": np.True_})
             else:
                 rows.append({**self.reader.padding(), "mask": np.False_})
-        batch = collate(rows, self.shared_memory)
-        batch["image"][~batch["mask"]] = 0.0  # padding is zero after normalisation too
+        batch = collate(rows, self.shared_memory, self.normalize)
+        batch["image"][~batch["mask"]] = 0  # padding is zero after normalisation too
         batch["skipped_records"] = np.int64(skipped)
         return batch
 
@@ -582,7 +617,7 @@ def make_eval_dataset(
     starts, total, num_batches = _eval_layout(cfg, sources, reader.view)
     builder = _EvalBatchBuilder(
         reader, starts, total, cfg.batch_size, local_batch, process_index,
-        shared_memory=cfg.worker_count > 0,
+        shared_memory=cfg.worker_count > 0, normalize=_host_normalizes(cfg),
     )
     ds = grain.MapDataset.range(num_batches).map(builder)
     return _finish(ds.to_iter_dataset(_read_options(cfg)), cfg)

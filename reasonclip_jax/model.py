@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reasonclip_jax import image_transforms
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.sharding import constrain
 
@@ -233,6 +234,12 @@ class Transformer(nn.Module):
         return x
 
 
+def normalize_pixels(pixels: Array) -> Array:
+    """Raw integer pixels -> CLIP-normalised float32: `image_transforms.normalize` on device."""
+    scale, offset = image_transforms.normalization_constants()
+    return pixels.astype(jnp.float32) * scale - offset
+
+
 class VisionTower(nn.Module):
     config: ModelConfig
     dtype: Any
@@ -240,7 +247,13 @@ class VisionTower(nn.Module):
 
     @nn.compact
     def __call__(self, images: Array) -> Array:
-        """images: [B, H, W, 3] normalised pixels -> [B, embed_dim] (not normalised)."""
+        """images: [B, H, W, 3] -> [B, embed_dim] (not normalised).
+
+        Float images are taken as CLIP-normalised; integer (uint8) images as raw pixels, which
+        are normalised here, so input pipelines can ship a quarter of the bytes.
+        """
+        if jnp.issubdtype(images.dtype, jnp.integer):
+            images = normalize_pixels(images)
         c = self.config
         w, p = c.vision_width, c.patch_size
         scale = w**-0.5

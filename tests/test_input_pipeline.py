@@ -134,12 +134,28 @@ def texts(batch, key="text") -> list[str]:
 
 def test_batch_keys_shapes_dtypes(small_dir):
     (batch,), _ = take(config([small_dir]), 1)
-    assert batch["image"].shape == (4, SIZE, SIZE, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (4, SIZE, SIZE, 3) and batch["image"].dtype == np.uint8
     assert batch["text"].shape == (4, LENGTH) and batch["text"].dtype == np.int32
     assert batch["record_index"].dtype == np.int64
     assert batch["skipped_records"].shape == () and batch["skipped_records"] == 0
     for row, text in zip(batch["record_index"], texts(batch), strict=True):
         assert text.startswith(f"d{row}_")  # the caption belongs to the image's record
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_float32_images_are_the_normalised_uint8_images(small_dir, workers):
+    raw, _ = take(config([small_dir], worker_count=workers), 3)
+    normalised, _ = take(config([small_dir], worker_count=workers, image_dtype="float32"), 3)
+    for r, n in zip(raw, normalised, strict=True):
+        assert n["image"].dtype == np.float32
+        np.testing.assert_array_equal(n["image"], image_transforms.normalize(r["image"]))
+        for key in r.keys() - {"image"}:
+            np.testing.assert_array_equal(n[key], r[key], err_msg=key)
+
+
+def test_unknown_image_dtype_is_a_user_error(small_dir):
+    with pytest.raises(UserError, match="image_dtype 'float16'"):
+        take(config([small_dir], image_dtype="float16"), 1)
 
 
 def test_deterministic_by_seed_and_seeds_differ(small_dir):
@@ -316,7 +332,8 @@ def test_eval_padding_and_masks(corrupt_dir, process_count):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_eval_is_in_order_and_unaugmented(small_dir, workers):
-    cfg = config([small_dir], batch_size=8, view="stage2", worker_count=workers)
+    cfg = config([small_dir], batch_size=8, view="stage2", worker_count=workers,
+                 image_dtype="float32")
     it = ip.make_eval_iterator(cfg, process_index=0, process_count=1, tokenize_fn=char_tokenize)
     batches = [{k: np.array(v) for k, v in b.items()} for b in it]
     it.close()

@@ -8,9 +8,9 @@ import pytest
 from conftest import random_tokens
 from hf_reference import hf_clip, hf_embeds
 
-from reasonclip_jax import convert
+from reasonclip_jax import convert, image_transforms
 from reasonclip_jax.errors import UserError
-from reasonclip_jax.model import CLIP, PRESETS, get_preset, init_params
+from reasonclip_jax.model import CLIP, PRESETS, get_preset, init_params, normalize_pixels
 
 
 def _import(hf_model, config):
@@ -32,6 +32,21 @@ def test_matches_transformers_clip(preset, rng):
     np.testing.assert_allclose(out["image_embeds"], ref_img, atol=1e-4, rtol=0)
     np.testing.assert_allclose(out["text_embeds"], ref_txt, atol=1e-4, rtol=0)
     np.testing.assert_allclose(out["logit_scale"], hf.logit_scale.item(), atol=0)
+
+
+def test_uint8_pixels_are_normalised_on_device(rng):
+    # Raw pixels, as the input pipeline ships them, against transformers fed pixels
+    # normalised on the host in float64.
+    config = get_preset("tiny")
+    hf = hf_clip(config)
+    params = _import(hf, config)
+    pixels = rng.integers(0, 256, (2, config.image_size, config.image_size, 3), dtype=np.uint8)
+    mean, std = np.array(image_transforms.OPENAI_MEAN), np.array(image_transforms.OPENAI_STD)
+    reference = ((pixels / 255.0 - mean) / std).astype(np.float32)
+    np.testing.assert_allclose(jax.jit(normalize_pixels)(pixels), reference, atol=2e-6, rtol=0)
+    out = jax.jit(CLIP(config).apply)({"params": params}, pixels)
+    ref_img, _ = hf_embeds(hf, reference, random_tokens(rng, 2))
+    np.testing.assert_allclose(out["image_embeds"], ref_img, atol=1e-4, rtol=0)
 
 
 def test_text_pooled_at_first_end_token(rng):

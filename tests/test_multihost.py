@@ -107,7 +107,7 @@ def test_checkpoint_of_two_processes_resumes_in_one(scenes, one_process_run, tmp
     _wait_for_step(workdir, proc, 2)
     proc.send_signal(signal.SIGTERM)  # the launcher forwards it: both trainers save and exit
     out, _ = proc.communicate(timeout=120)
-    saved = checkpoint.train_manager(os.path.join(workdir, "checkpoints"), 3).latest_step()
+    saved = checkpoint.latest_train_step(os.path.join(workdir, "checkpoints"))
     assert saved is not None and 2 <= saved < 6, out[-4000:]
     train.train(config_8_devices(scenes, 6), workdir)  # one process, 8 devices
     assert logged(workdir)[-1]["step"] == 6
