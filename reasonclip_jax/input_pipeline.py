@@ -102,7 +102,7 @@ import numpy as np
 from absl import logging
 from grain.multiprocessing import SharedMemoryArray
 
-from reasonclip_jax import example_views, image_transforms, records
+from reasonclip_jax import example_views, image_transforms, records, shared_blocks
 from reasonclip_jax.errors import UserError
 
 TokenizeFn = Callable[[Sequence[str], int], np.ndarray]
@@ -110,6 +110,7 @@ AUGMENTS = ("random_resized_crop", "center_crop")
 IMAGE_DTYPES = ("uint8", "float32")
 # A record is skipped on these; anything else (a bug, an unreadable shard) still raises.
 _RECORD_ERRORS = (KeyError, TypeError, *image_transforms.DECODE_ERRORS)
+_MIN_SHM_BYTES = 64 * 1024
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -321,23 +322,53 @@ def _make_reader(cfg: ml_collections.ConfigDict, sources: Sequence[Source], augm
 
 
 def collate(
-    rows: Sequence[dict[str, np.ndarray]], shared_memory: bool, normalize: bool
+    rows: Sequence[dict[str, np.ndarray]], normalize: bool, out: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
     """Stacks examples along a new batch axis; with `normalize`, uint8 images become float32.
 
-    With `shared_memory` (in grain workers) the images are written straight into a
-    shared-memory array, which grain hands to the trainer process without another copy.
+    The images are written into `out` when given (a worker's shared-memory block).
     """
     batch = {key: np.stack([row[key] for row in rows]) for key in rows[0] if key != "image"}
-    shape = (len(rows), *rows[0]["image"].shape)
     if normalize:
         pixels = np.stack([row["image"] for row in rows])
-        out = SharedMemoryArray(shape, np.float32) if shared_memory else None
         batch["image"] = image_transforms.normalize(pixels, out=out)
     else:
-        out = SharedMemoryArray(shape, np.uint8) if shared_memory else None
         batch["image"] = np.stack([row["image"] for row in rows], out=out)
     return batch
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchMemory:
+    """Where batches are built: in this process, or in a grain worker for the trainer.
+
+    In a worker (`shared`), images go straight into one of the worker's reusable
+    shared-memory blocks (`shared_blocks`), and the batch carries the block's `BlockRef`,
+    which `OpenBlocksIterDataset` opens in the trainer process.
+    """
+
+    shared: bool
+    normalize: bool
+    max_blocks: int = 0
+
+    def make_batch(
+        self, rows: Sequence[dict[str, np.ndarray]], blank: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """`collate(rows)`, with the image rows in `blank` set to zero."""
+        out, ref = None, None
+        if self.shared:
+            shape = (len(rows), *rows[0]["image"].shape)
+            dtype = np.float32 if self.normalize else np.uint8
+            blocks = shared_blocks.worker_blocks(self.max_blocks)
+            if blocks is None:
+                out = SharedMemoryArray(shape, dtype)
+            else:
+                ref, out = blocks.take(shape, dtype)
+        batch = collate(rows, self.normalize, out)
+        if blank is not None:
+            batch["image"][blank] = 0  # zero after normalisation too
+        if ref is not None:
+            batch["image"] = ref
+        return batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,32 +382,23 @@ class SkippingBatchIterDataset(grain.IterDataset):
     incomplete last batch is dropped (with a warning if it met skipped records).
     """
 
-    def __init__(
-        self, parent: grain.IterDataset, batch_size: int, shared_memory: bool, normalize: bool
-    ):
+    def __init__(self, parent: grain.IterDataset, batch_size: int, memory: BatchMemory):
         super().__init__(parent)
         self._batch_size = batch_size
-        self._shared_memory = shared_memory
-        self._normalize = normalize
+        self._memory = memory
 
     def __iter__(self) -> grain.DatasetIterator:
-        return _SkippingBatchIterator(
-            self._parent.__iter__(), self._batch_size, self._shared_memory, self._normalize
-        )
+        return _SkippingBatchIterator(self._parent.__iter__(), self._batch_size, self._memory)
 
     def __str__(self) -> str:
         return f"SkippingBatchIterDataset(batch_size={self._batch_size})"
 
 
 class _SkippingBatchIterator(grain.DatasetIterator):
-    def __init__(
-        self, parent: grain.DatasetIterator, batch_size: int, shared_memory: bool,
-        normalize: bool,
-    ):
+    def __init__(self, parent: grain.DatasetIterator, batch_size: int, memory: BatchMemory):
         super().__init__(parent)
         self._batch_size = batch_size
-        self._shared_memory = shared_memory
-        self._normalize = normalize
+        self._memory = memory
 
     def __next__(self) -> dict[str, np.ndarray]:
         rows, skipped = [], 0
@@ -391,7 +413,7 @@ class _SkippingBatchIterator(grain.DatasetIterator):
                 skipped += 1
             else:
                 rows.append(element)
-        batch = collate(rows, self._shared_memory, self._normalize)
+        batch = self._memory.make_batch(rows)
         batch["skipped_records"] = np.int64(skipped)
         return batch
 
@@ -401,6 +423,35 @@ class _SkippingBatchIterator(grain.DatasetIterator):
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._parent.set_state(state)
+
+
+class OpenBlocksIterDataset(grain.IterDataset):
+    """Trainer side of the workers: opens the batches' `BlockRef`s as numpy arrays.
+
+    Each array's block goes back to its worker when the array and its views are dropped.
+    """
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _OpenBlocksIterator(self._parent.__iter__())
+
+
+class _OpenBlocksIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator):
+        super().__init__(parent)
+        self._reader = shared_blocks.BlockReader()
+
+    def __next__(self) -> dict[str, Any]:
+        return shared_blocks.open_refs(next(self._parent), self._reader)
+
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state)
+
+    def close(self) -> None:
+        self._reader.close()
+        super().close()
 
 
 class RunningSkipCountIterDataset(grain.IterDataset):
@@ -479,14 +530,28 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def _batch_memory(cfg: ml_collections.ConfigDict) -> BatchMemory:
+    # A worker's blocks in flight: its buffer, the batch grain's reader thread holds, the
+    # trainer's prefetch buffer and the batches the trainer is using.
+    max_blocks = cfg.worker_buffer_size + cfg.prefetch + 4
+    return BatchMemory(cfg.worker_count > 0, _host_normalizes(cfg), max_blocks)
+
+
 def _finish(ds: grain.IterDataset, cfg: ml_collections.ConfigDict) -> grain.IterDataset:
     """Worker processes, the running skip count and the trainer-side prefetch thread."""
     _ensure_absl_flags_parsed()
+    if cfg.worker_count > 0:
+        # Small arrays (tokens, labels) cross in the pickle: a shared-memory block costs more.
+        ds = grain.experimental.WithOptionsIterDataset(
+            ds, grain.experimental.DatasetOptions(min_shm_size=_MIN_SHM_BYTES)
+        )
     ds = ds.mp_prefetch(
         grain.MultiprocessingOptions(
             num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size
         )
     )
+    if cfg.worker_count > 0:
+        ds = OpenBlocksIterDataset(ds)
     ds = RunningSkipCountIterDataset(ds)
     if cfg.prefetch:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=cfg.prefetch)
@@ -533,10 +598,8 @@ def make_train_dataset(
     if start_position:
         ds = ds[start_position:]
     ds = ds[process_index::process_count].map(reader)
-    ds = SkippingBatchIterDataset(
-        ds.to_iter_dataset(_read_options(cfg)), local_batch,
-        shared_memory=cfg.worker_count > 0, normalize=_host_normalizes(cfg),
-    )
+    ds = SkippingBatchIterDataset(ds.to_iter_dataset(_read_options(cfg)), local_batch,
+                                  _batch_memory(cfg))
     return _finish(ds, cfg)
 
 
@@ -559,8 +622,7 @@ class _EvalBatchBuilder:
     global_batch: int
     local_batch: int
     process_index: int
-    shared_memory: bool
-    normalize: bool
+    memory: BatchMemory
 
     def __call__(self, batch_id: int) -> dict[str, np.ndarray]:
         rows, skipped = [], 0
@@ -575,8 +637,8 @@ class _EvalBatchBuilder:
                 rows.append({**row, "mask": np.True_})
             else:
                 rows.append({**self.reader.padding(), "mask": np.False_})
-        batch = collate(rows, self.shared_memory, self.normalize)
-        batch["image"][~batch["mask"]] = 0  # padding is zero after normalisation too
+        masks = np.array([row["mask"] for row in rows])
+        batch = self.memory.make_batch(rows, blank=~masks)  # padding: zero when normalised too
         batch["skipped_records"] = np.int64(skipped)
         return batch
 
@@ -616,8 +678,7 @@ def make_eval_dataset(
     reader = _make_reader(cfg, sources, "center_crop", tokenize_fn)
     starts, total, num_batches = _eval_layout(cfg, sources, reader.view)
     builder = _EvalBatchBuilder(
-        reader, starts, total, cfg.batch_size, local_batch, process_index,
-        shared_memory=cfg.worker_count > 0, normalize=_host_normalizes(cfg),
+        reader, starts, total, cfg.batch_size, local_batch, process_index, _batch_memory(cfg)
     )
     ds = grain.MapDataset.range(num_batches).map(builder)
     return _finish(ds.to_iter_dataset(_read_options(cfg)), cfg)

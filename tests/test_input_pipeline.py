@@ -243,6 +243,18 @@ def test_workers_keep_each_epoch_exactly_once(small_dir):
         assert sorted(np.concatenate([b["record_index"] for b in epoch])) == list(range(24))
 
 
+def test_batches_held_by_the_trainer_are_never_overwritten(small_dir):
+    # Workers reuse their shared-memory blocks once the trainer drops a batch; a trainer
+    # holding more batches than a worker has blocks must still see each batch as made.
+    cfg = config([small_dir], worker_count=1, worker_buffer_size=1, prefetch=1)
+    it = ip.make_train_iterator(cfg, tokenize_fn=char_tokenize)
+    held = [next(it) for _ in range(12)]  # the arrays themselves, no copies
+    it.close()
+    assert all(isinstance(b["image"], np.ndarray) for b in held)  # opened, not BlockRefs
+    expected, _ = take(config([small_dir], worker_count=1), 12)
+    assert_batches_equal([{k: np.array(v) for k, v in b.items()} for b in held], expected)
+
+
 def test_corrupt_records_skipped_and_counted(corrupt_dir):
     cfg = config([corrupt_dir], batch_size=2, num_epochs=1)
     it = ip.make_train_iterator(cfg, tokenize_fn=char_tokenize)
@@ -306,9 +318,12 @@ def test_default_weights_proportional_to_size(small_dir, tmp_path_factory):
         assert sorted(b["record_index"]) == list(range(36))
 
 
-@pytest.mark.parametrize("process_count", [1, 2])
-def test_eval_padding_and_masks(corrupt_dir, process_count):
-    cfg = config([corrupt_dir], batch_size=8)  # 12 records -> 2 batches, 4 rows of padding
+@pytest.mark.parametrize(
+    "process_count,workers,image_dtype", [(1, 0, "uint8"), (2, 0, "uint8"), (2, 1, "float32")]
+)
+def test_eval_padding_and_masks(corrupt_dir, process_count, workers, image_dtype):
+    # 12 records -> 2 batches, 4 rows of padding, zero also when normalised
+    cfg = config([corrupt_dir], batch_size=8, worker_count=workers, image_dtype=image_dtype)
     assert ip.num_eval_batches(cfg) == 2
     seen, skipped = [], 0
     for p in range(process_count):
