@@ -3,35 +3,34 @@
 Both read the same synthetic stage-1 shards (256 px JPEGs, two ~25-word captions per example)
 and do the same work per image: read the record, decode the JPEG, random resized crop to 224,
 tokenize the two captions to 77 tokens, stack batches. The bare loop is plain Python in this
-process; the pipeline is `input_pipeline.make_train_iterator` with 0, 1 and 2 grain workers
-and no read threads (with 0 workers the pipeline runs in the trainer process's prefetch
-thread), and, for comparison, with 0 workers and 2 read threads: threads in one process hand
-every example across and contend for the GIL, which costs CPU (not counted in the target).
-Both are measured twice: with uint8 images (the pipeline's default; the model normalises them
-on the accelerator) and with float32 images normalised on the host (`image_dtype="float32"`;
-the bare loop normalises too). Reported per run:
+process; the pipeline is `input_pipeline.make_train_iterator` with its defaults (uint8 images,
+which the model normalises on the accelerator; no read threads) and 0, 1 and 2 grain workers
+(with 0 workers it runs in the trainer process's prefetch thread). With `--all` it also runs
+float32 images normalised on the host (`image_dtype="float32"`, and the bare loop normalises
+too) and 0 workers with 2 read threads (threads in one process hand every example across and
+contend for the GIL, which costs CPU; not counted in the target). Reported per run:
 
   images/s          images over the wall time spent producing them (median round)
   img/cpu-s         images per CPU second: the rate of one fully busy core (per worker)
   cpu ms/img        CPU seconds of this process and its worker processes per image (median)
   overhead          CPU per image over the bare loop's, minus 1: the pipeline's extra CPU
-                    work per image (threads, worker IPC, shared memory): the pipeline's CPU
-                    summed over all rounds over the sum, over the same rounds, of the mean
-                    of the bare runs just before and after each pipeline run
-  rounds            the middle half (25th..75th percentile) of that ratio over the rounds;
-                    for the bare loop, of its own CPU time over its median (the host's
-                    noise: this VM's speed drifts by tens of percent within seconds, so runs
-                    are short and many, and every pipeline run sits between two bare runs)
+                    work per image (grain, threads, worker IPC): the pipeline's CPU summed
+                    over all rounds over the sum, over the same rounds, of the mean of the
+                    bare runs just before and after each pipeline run
+  90% CI            of that overhead, by resampling the rounds (bootstrap)
+  rounds            the middle half (25th..75th percentile) of the per-round ratio; for the
+                    bare loop, of its own CPU time over its median (the host's noise: this
+                    VM's speed drifts by tens of percent within seconds, so runs are short
+                    and many, and every pipeline run sits between two bare runs)
 
-Per image dtype, each round runs bare, 0 workers, bare, 0 workers with threads, bare, 1
-worker, bare, 2 workers, bare, so every pipeline run is compared with bare runs of the same
+Per image dtype, each round runs bare, 0 workers, bare, 1 worker, bare, 2 workers, bare (and
+the threads run, with `--all`), so every pipeline run is compared with bare runs of the same
 work made under the same load of the host. The target is an overhead of at most 15%: then
-N cores give at least N / 1.15 bare loops. The last lines measure one cost the workers
-cannot avoid: each batch crosses to the trainer process in a new shared-memory block, whose
-pages the kernel allocates and zeroes (cheap on bare metal, about 1 ms per MB in some
-virtual machines); uint8 batches are a quarter of the float32 bytes.
+N cores give at least N / 1.15 bare loops. The last line measures what the workers' reusable
+shared-memory blocks (`shared_blocks`) save: a new block per batch costs the kernel's
+allocating and zeroing its pages (cheap on bare metal, about 1 ms per MB in some VMs).
 
-    python bench/bench_input_pipeline.py [--images 64] [--batch 32] [--rounds 30]
+    python bench/bench_input_pipeline.py [--images 64] [--batch 32] [--rounds 80] [--all]
 """
 
 from __future__ import annotations
@@ -238,6 +237,14 @@ def fresh_shared_memory_ms(batch: int, dtype: np.dtype, repeats: int = 10) -> fl
     return 1e3 * (fill(True) - fill(False)) / (repeats * batch)
 
 
+def bootstrap_ci(piped: np.ndarray, bare: np.ndarray, level: float = 0.9) -> tuple[float, ...]:
+    """Confidence interval of sum(piped) / sum(bare) - 1, resampling the rounds."""
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(piped), (2000, len(piped)))
+    ratios = piped[picks].sum(1) / bare[picks].sum(1) - 1
+    return tuple(np.percentile(ratios, [50 * (1 - level), 50 * (1 + level)]))
+
+
 def print_table(runs: dict[str, list[tuple[float, float]]],
                 pairs: dict[str, list[tuple[float, float]]], num_images: int) -> dict[str, float]:
     """One table row per run; returns the overhead of each pipeline run."""
@@ -245,23 +252,26 @@ def print_table(runs: dict[str, list[tuple[float, float]]],
     for name in runs:
         wall = np.median([w for w, _ in runs[name]])
         cpu = np.median([c for _, c in runs[name]])
+        ci = ""
         if name in pairs:
             piped, bare = np.array(pairs[name]).T
             overheads[name] = piped.sum() / bare.sum() - 1
             ratios = piped / bare
+            ci = "{:+.1%} .. {:+.1%}".format(*bootstrap_ci(piped, bare))
         else:  # the bare runs' own spread: the noise floor of this host
             cpus = np.array([c for _, c in runs[name]])
             ratios = cpus / np.median(cpus)
         low, high = np.percentile(ratios, [25, 75]) - 1
         print(f"{name:<44}{num_images / wall:>10.1f}{num_images / cpu:>11.1f}"
               f"{1e3 * cpu / num_images:>12.2f}{overheads.get(name, 0.0):>+10.1%}"
-              f"  {low:+.0%} .. {high:+.0%}")
+              f"{ci:>20}  {low:+.0%} .. {high:+.0%}")
     return overheads
 
 
 # (workers, read threads per process, counted in the target): the recommended settings, and
-# read threads in the trainer process, which contend for the GIL with each other.
-SETUPS = ((0, 0, True), (0, 2, False), (1, 0, True), (2, 0, True))
+# (with --all) read threads in the trainer process, which contend for the GIL.
+SETUPS = ((0, 0, True), (1, 0, True), (2, 0, True))
+EXTRA_SETUPS = ((0, 2, False),)
 
 
 def setup_name(dtype: str, workers: int, threads: int) -> str:
@@ -272,12 +282,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=64, help="images measured per run")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=80)
+    parser.add_argument("--all", action="store_true",
+                        help="also float32 images and 0 workers with 2 read threads")
     args = parser.parse_args()
     num_images = args.images // args.batch * args.batch
-    dtypes = ("uint8", "float32")  # the default first
+    dtypes = ("uint8", "float32") if args.all else ("uint8",)  # the default first
+    setups = SETUPS + EXTRA_SETUPS if args.all else SETUPS
     bare = {d: f"bare loop, {d} (1 process)" for d in dtypes}
-    piped = {(d, w, t): setup_name(d, w, t) for d in dtypes for w, t, _ in SETUPS}
+    piped = {(d, w, t): setup_name(d, w, t) for d in dtypes for w, t, _ in setups}
     runs: dict[str, list[tuple[float, float]]] = {n: [] for n in [*bare.values(), *piped.values()]}
     pairs: dict[str, list[tuple[float, float]]] = {name: [] for name in piped.values()}
     with tempfile.TemporaryDirectory() as directory:
@@ -295,7 +308,7 @@ def main() -> None:
         # One dtype at a time: fewer idle pipelines, whose little polling CPU would count.
         for dtype in dtypes:
             pipelines = {
-                (w, t): make_pipeline(directory, args.batch, w, t, dtype) for w, t, _ in SETUPS
+                (w, t): make_pipeline(directory, args.batch, w, t, dtype) for w, t, _ in setups
             }
             for iterator in pipelines.values():
                 next(iterator)  # start the workers outside the measurements
@@ -311,23 +324,22 @@ def main() -> None:
                 iterator.close()
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     print(f"{'run':<44}{'images/s':>10}{'img/cpu-s':>11}{'cpu ms/img':>12}{'overhead':>10}"
-          f"  rounds")
+          f"{'90% CI':>20}  rounds")
     overheads = {}
     for dtype in dtypes:
-        names = [bare[dtype], *(piped[dtype, w, t] for w, t, _ in SETUPS)]
+        names = [bare[dtype], *(piped[dtype, w, t] for w, t, _ in setups)]
         overheads.update(print_table({n: runs[n] for n in names}, pairs, num_images))
     for dtype in dtypes:
-        counted = [overheads[piped[dtype, w, t]] for w, t, in_target in SETUPS if in_target]
+        counted = [overheads[piped[dtype, w, t]] for w, t, in_target in setups if in_target]
         worst = max(counted)
         verdict = "holds" if worst <= 0.15 else "does NOT hold"
         default = " (the default)" if dtype == dtypes[0] else ""
         print(f"per-core overhead target <= 15%, {dtype} images{default}, 0/1/2 workers without "
               f"read threads: {verdict} (worst {worst:+.1%})")
-    bare_ms = 1e3 * np.median([c for _, c in runs[bare["float32"]]]) / num_images
-    for dtype in dtypes:
-        fresh = fresh_shared_memory_ms(args.batch, np.dtype(dtype))
-        print(f"fresh shared-memory pages for {dtype} batches (with workers): "
-              f"{fresh:.2f} ms/img = {fresh / bare_ms:+.1%} of the float32 bare loop")
+    bare_ms = 1e3 * np.median([c for _, c in runs[bare["uint8"]]]) / num_images
+    fresh = fresh_shared_memory_ms(args.batch, np.dtype(np.uint8))
+    print(f"saved by reusing shared-memory blocks: a fresh block per uint8 batch costs "
+          f"{fresh:.2f} ms/img = {fresh / bare_ms:+.1%} of the bare loop")
 
 
 if __name__ == "__main__":
