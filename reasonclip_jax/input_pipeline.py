@@ -32,6 +32,11 @@ normalises integer pixels on the device (`model.normalize_pixels`, the same form
 keeps that work off the host CPUs and sends a quarter of the bytes to the accelerator.
 With `image_dtype="float32"` the batches are CLIP-normalised here instead.
 
+With workers, each batch reaches the trainer process in shared memory: a worker writes its
+images into one of its reusable blocks (`shared_blocks`), and the trainer's arrays are views
+of that block, which goes back to the worker when the batch is dropped. Tokens and labels
+cross in the pickle.
+
 Batch keys (B = per-process batch, L = context_length, S = image_size):
     image          uint8   [B, S, S, 3]  raw pixels (float32, CLIP-normalised, if asked)
     text           int32   [B, L]        stage0, stage2
