@@ -62,6 +62,7 @@ class WorkerBlocks:
 
     def __init__(self, max_blocks: int):
         self.max_blocks = max_blocks
+        self.pid = os.getpid()
         self.address = f"reasonclip-blocks-{os.getpid()}-{uuid.uuid4().hex}"
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind("\0" + self.address)
@@ -140,21 +141,23 @@ def _unlink_all(blocks: list[shared_memory.SharedMemory]) -> None:
 
 
 _worker_blocks: WorkerBlocks | None = None
-_unavailable = False
+_worker_blocks_lock = threading.Lock()
+_unavailable = not sys.platform.startswith("linux")  # abstract sockets and /dev/shm
 
 
 def worker_blocks(max_blocks: int) -> WorkerBlocks | None:
     """This process's `WorkerBlocks` (made on first use); None where they cannot work."""
     global _worker_blocks, _unavailable
-    if not sys.platform.startswith("linux"):  # abstract sockets and /dev/shm are Linux's
-        _unavailable = True
-    if _worker_blocks is None and not _unavailable:
-        try:
-            _worker_blocks = WorkerBlocks(max_blocks)
-        except OSError as e:
-            logging.warning("reusable shared-memory blocks unavailable (%s)", e)
-            _unavailable = True
-    return _worker_blocks
+    with _worker_blocks_lock:
+        if _worker_blocks is not None and _worker_blocks.pid != os.getpid():
+            _worker_blocks = None  # inherited by fork: the parent's, not ours
+        if _worker_blocks is None and not _unavailable:
+            try:
+                _worker_blocks = WorkerBlocks(max_blocks)
+            except OSError as e:
+                logging.warning("reusable shared-memory blocks unavailable (%s)", e)
+                _unavailable = True
+        return _worker_blocks
 
 
 class BlockReader:

@@ -323,7 +323,9 @@ def test_default_weights_proportional_to_size(small_dir, tmp_path_factory):
 )
 def test_eval_padding_and_masks(corrupt_dir, process_count, workers, image_dtype):
     # 12 records -> 2 batches, 4 rows of padding, zero also when normalised
-    cfg = config([corrupt_dir], batch_size=8, worker_count=workers, image_dtype=image_dtype)
+    # (2 read threads: a worker builds batches in two threads at once)
+    cfg = config([corrupt_dir], batch_size=8, worker_count=workers, image_dtype=image_dtype,
+                 read_threads=2)
     assert ip.num_eval_batches(cfg) == 2
     seen, skipped = [], 0
     for p in range(process_count):

@@ -129,3 +129,12 @@ def test_across_processes_blocks_are_reused_and_data_intact():
     assert values == list(range(40))
     assert len(names) == num_blocks <= 4
     reader.close()
+
+
+def test_one_pool_per_process_and_a_forked_child_makes_its_own(monkeypatch):
+    monkeypatch.setattr(shared_blocks, "_worker_blocks", None)
+    first = shared_blocks.worker_blocks(3)
+    assert first is not None and shared_blocks.worker_blocks(5) is first
+    monkeypatch.setattr(first, "pid", first.pid + 1)  # as a child sees its parent's pool
+    second = shared_blocks.worker_blocks(3)
+    assert second is not first and second.pid == os.getpid()
