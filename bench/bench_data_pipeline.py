@@ -28,7 +28,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_pipeline import build, process, sources, stats, write  # noqa: E402
-from reasonclip_jax import records  # noqa: E402
+from reasonclip_jax.data import records  # noqa: E402
 
 
 def make_input(directory: str, num_rows: int, seed: int = 0) -> str:

@@ -3,7 +3,7 @@
 Both read the same synthetic stage-1 shards (256 px JPEGs, two ~25-word captions per example)
 and do the same work per image: read the record, decode the JPEG, random resized crop to 224,
 tokenize the two captions to 77 tokens, stack batches. The bare loop is plain Python in this
-process; the pipeline is `input_pipeline.make_train_iterator` with its defaults (uint8 images,
+process; the pipeline is `pipeline.make_train_iterator` with its defaults (uint8 images,
 which the model normalises on the accelerator; no read threads) and 0, 1 and 2 grain workers
 (with 0 workers it runs in the trainer process's prefetch thread). With `--all` it also runs
 float32 images normalised on the host (`image_dtype="float32"`, and the bare loop normalises
@@ -52,7 +52,8 @@ from array_record.python import array_record_data_source, array_record_module
 from grain.multiprocessing import SharedMemoryArray
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from reasonclip_jax import example_views, image_transforms, input_pipeline, records, tokenizer
+from reasonclip_jax.data import pipeline, records, transforms, views
+from reasonclip_jax.models import tokenizer
 
 SIZE, CROP, CONTEXT = 256, 224, 77
 WORDS = (
@@ -116,7 +117,7 @@ class BareLoop:
     def __init__(self, directory: str, batch: int, normalize: bool):
         paths = records.shard_paths(directory, "train")
         self.source = array_record_data_source.ArrayRecordDataSource(paths)
-        self.view = example_views.make_view("stage1")
+        self.view = views.make_view("stage1")
         self.order = np.random.default_rng(0).permutation(len(self.source) * 9)
         self.position, self.batch, self.normalize = 0, batch, normalize
 
@@ -130,8 +131,8 @@ class BareLoop:
             record_id, variant = divmod(k, 9)
             record = records.decode_record(self.source[record_id])
             self.view.check(record)
-            image = image_transforms.decode_image(record.image)
-            pixels = image_transforms.train_pixels(image, CROP, np.random.default_rng([0, 0, 0, k]))
+            image = transforms.decode_image(record.image)
+            pixels = transforms.train_pixels(image, CROP, np.random.default_rng([0, 0, 0, k]))
             texts = self.view.texts(record, variant, 0, 0, record_id)
             tokens = tokenizer.tokenize(texts, CONTEXT)
             rows.append({"image": pixels, "text_desc": tokens[0], "text_reason": tokens[1],
@@ -139,7 +140,7 @@ class BareLoop:
             if len(rows) == self.batch:
                 stacked = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
                 if self.normalize:
-                    image_transforms.normalize(stacked["image"])
+                    transforms.normalize(stacked["image"])
                 rows = []
         return time.perf_counter() - start_wall, cpu_seconds() - start_cpu
 
@@ -148,13 +149,13 @@ def make_pipeline(
     directory: str, batch: int, workers: int, read_threads: int, image_dtype: str
 ) -> Any:
     """`make_train_iterator` over the same shards, with `workers` grain worker processes."""
-    cfg = input_pipeline.get_config()
+    cfg = pipeline.get_config()
     cfg.update(dict(
         data_dirs=[directory], view="stage1", batch_size=batch, image_size=CROP,
         image_dtype=image_dtype, context_length=CONTEXT, shuffle_seed=0, worker_count=workers,
         worker_buffer_size=1, read_threads=read_threads, read_buffer_size=2 * batch, prefetch=1,
     ))
-    return input_pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
+    return pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
 
 
 def runnable_threads() -> int:

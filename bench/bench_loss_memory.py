@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from reasonclip_jax.losses import contrastive_loss  # noqa: E402
+from reasonclip_jax.parallel.losses import contrastive_loss  # noqa: E402
 
 BATCH_AXES = ("data", "fsdp")
 MiB = 2**20

@@ -27,8 +27,9 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 from hf_reference import hf_clip  # noqa: E402
 
-from reasonclip_jax import convert, losses  # noqa: E402
-from reasonclip_jax.model import CLIP, get_preset  # noqa: E402
+from reasonclip_jax.models.clip import CLIP, get_preset  # noqa: E402
+from reasonclip_jax.parallel import losses  # noqa: E402
+from reasonclip_jax.tools import convert  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> list[float]:

@@ -1,4 +1,4 @@
-"""Throughput of `reasonclip_jax.tokenizer.tokenize` against OpenAI's tokenizer, on one corpus.
+"""Throughput of `models.tokenizer.tokenize` against OpenAI's tokenizer, on one corpus.
 
 The baseline is the transcription of OpenAI's `simple_tokenizer.py` in
 tests/reference_simple_tokenizer.py, timed without its per-word cache (straightforward BPE)
@@ -26,7 +26,7 @@ sys.path[:0] = [_REPO, os.path.join(_REPO, "tests")]
 
 from reference_simple_tokenizer import SimpleTokenizer  # noqa: E402
 
-from reasonclip_jax import tokenizer  # noqa: E402
+from reasonclip_jax.models import tokenizer  # noqa: E402
 
 SUBJECTS = [
     "a young woman", "an old man", "two children", "a golden retriever", "a tabby cat",
@@ -110,8 +110,8 @@ def main() -> None:
     rows = [
         ("pure-Python BPE, no cache (OpenAI's algorithm)", naive_rate),
         ("OpenAI simple_tokenizer with its word cache", openai_rate),
-        ("reasonclip_jax.tokenizer.tokenize, first pass (cold cache)", cold_rate),
-        ("reasonclip_jax.tokenizer.tokenize, warm cache (best of 3)", warm_rate),
+        ("reasonclip_jax.models.tokenizer.tokenize, first pass (cold cache)", cold_rate),
+        ("reasonclip_jax.models.tokenizer.tokenize, warm cache (best of 3)", warm_rate),
     ]
     for name, rate in rows:
         print(f"{name:58s} {rate:10,.0f} captions/s  x{rate / naive_rate:6.1f}")

@@ -5,7 +5,7 @@ batch the contrastive loss fits on one device. Finishes in well under 8 minutes 
 
 The train step is the trainer's: stage-1 objective (one image, two captions), AdamW groups,
 clipping, remat of dots, bf16 compute over fp32 parameters, on synthetic inputs. MFU is the
-analytic model FLOPs (metrics.train_flops_per_example) per second over the device's peak
+analytic model FLOPs (flops.train_flops_per_example) per second over the device's peak
 dense bf16 FLOP/s. The loss-size search compiles the softmax loss (forward + backward,
 D=768) for growing N and reads XLA's memory analysis against the device's memory.
 """
@@ -27,8 +27,10 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from configs import common  # noqa: E402
-from reasonclip_jax import losses, metrics, objectives, optimizer, sharding  # noqa: E402
-from reasonclip_jax.model import CLIP, get_preset, init_params  # noqa: E402
+from reasonclip_jax.models import flops  # noqa: E402
+from reasonclip_jax.models.clip import CLIP, get_preset, init_params  # noqa: E402
+from reasonclip_jax.parallel import losses, sharding  # noqa: E402
+from reasonclip_jax.train import optimizer, stages  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v4": 275e12,
              "TPU v5 lite": 197e12, "TPU v5": 459e12}
@@ -46,7 +48,7 @@ def train_step_mfu(preset: str, batch: int, steps: int, mesh) -> dict[str, float
     config = common.base_config()
     config.total_steps = 1000
     model = CLIP(get_preset(preset), dtype=jnp.bfloat16, remat_policy="dots_no_batch")
-    objective = objectives.Objective("stage1", model, config.loss, mesh, sharding.BATCH_AXES,
+    objective = stages.Objective("stage1", model, config.loss, mesh, sharding.BATCH_AXES,
                                      config.total_steps)
     opt = optimizer.make_optimizer(config, config.total_steps)
     params = jax.jit(lambda r: nn.unbox(init_params(model, r)))(jax.random.key(0))
@@ -76,9 +78,9 @@ def train_step_mfu(preset: str, batch: int, steps: int, mesh) -> dict[str, float
         params, opt_state, loss = step(params, opt_state, batch_arrays, i)
     jax.block_until_ready(loss)
     seconds = (time.perf_counter() - start) / steps
-    flops = metrics.train_flops_per_example(c, 77, texts=2) * batch
+    model_flops = flops.train_flops_per_example(c, 77, texts=2) * batch
     return dict(step_s=seconds, samples_per_s=batch / seconds,
-                mfu=flops / seconds / (peak_flops(jax.devices()[0]) * jax.device_count()))
+                mfu=model_flops / seconds / (peak_flops(jax.devices()[0]) * jax.device_count()))
 
 
 def largest_loss_batch(impl: str, mesh, dim: int = 768) -> int:

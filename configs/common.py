@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from reasonclip_jax import input_pipeline
+from reasonclip_jax.data import pipeline
 
 # Recipe, stage 1: vision 1e-5, text 3e-5, logit scale 1e-4 (all wd 0), the rest 1e-4 wd 0.05.
 NOT_PROJ_VISION = r"^visual/(?!proj$)"
@@ -36,15 +36,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed = False  # True: jax.distributed.initialize() auto-detects the cluster
     c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1 takes the remaining devices
     c.num_devices = -1  # -1: every device of every process; N: the first N
-    c.stage = "stage1"  # stage0 | stage1 | stage2 (objectives.py)
+    c.stage = "stage1"  # a key of train/stages.py STAGES: stage0 | stage1 | stage2
     c.total_steps = 1000
     c.init_from = ""  # a checkpoint (imported weights or an earlier stage); "" = random init
     c.init_new_params = r"_category_head/"  # params allowed to be absent from init_from
 
     c.model = dict(preset="ViT-B-32", overrides={}, dtype="bfloat16", remat_policy="none")
 
-    c.input = input_pipeline.get_config()
-    c.input.view = "stage1"
+    c.input = pipeline.get_config()
 
     c.loss = dict(
         kind="softmax", impl="gather", gamma=0.05,

@@ -25,7 +25,6 @@ def get_config(arg: str = "/tmp/scenes"):
     c.model.preset = "tiny"
     c.model.dtype = "float32"
     c.input.data_dirs = [os.path.join(data, "stage2" if stage == "stage2" else "stage1")]
-    c.input.view = stage
     c.input.batch_size = 64
     c.input.image_size = 64
     c.input.context_length = 77

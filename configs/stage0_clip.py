@@ -13,7 +13,6 @@ def get_config(arg: str = "/data/cc12m_refined"):
     c = common.base_config()
     c.stage = "stage0"
     c.input.data_dirs = [data]
-    c.input.view = "stage0"
     c.input.text_fields = ("reason", "cat_caption") if captions == "reason" else ("desc",)
     c.input.batch_size = 32768
     c.grad_accum = dict(micro_batches=2, mode="gradcache")

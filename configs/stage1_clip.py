@@ -18,7 +18,6 @@ def get_config(data: str = "/data/reasonlite"):
     c = common.base_config()
     c.stage = "stage1"
     c.input.data_dirs = [data]
-    c.input.view = "stage1"
     c.input.batch_size = 32768
     c.input.image_size = 336
     c.input.worker_count = 8

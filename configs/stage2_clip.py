@@ -14,7 +14,6 @@ def get_config(data: str = "/data/reasonpro"):
     c = common.base_config()
     c.stage = "stage2"
     c.input.data_dirs = [data]
-    c.input.view = "stage2"
     c.input.batch_size = 32768
     c.input.image_size = 336
     c.input.worker_count = 8

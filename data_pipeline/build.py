@@ -28,8 +28,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from data_pipeline import process, sources, stats, write
-from reasonclip_jax.errors import UserError, exit_on_user_error
-from reasonclip_jax.records import encode_record, read_manifest
+from reasonclip_jax.data.records import encode_record, natural_key, read_manifest
+from reasonclip_jax.errors import UserError
+from reasonclip_jax.tools import cli
 
 if TYPE_CHECKING:
     import apache_beam as beam
@@ -40,14 +41,10 @@ if TYPE_CHECKING:
 _REJECTED = "rejected"
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not usage + message
-        raise UserError(f"{message} (see --help)")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m data_pipeline.build",
+        formatter_class=argparse.HelpFormatter,
         description="Raw image-text data -> ArrayRecord shards + manifest.json + rejected.jsonl. "
         "Unrecognised flags are passed to Beam as pipeline options.",
     )
@@ -140,7 +137,7 @@ def _by_image(p: process.Processed) -> tuple[str, process.Processed]:
 def _keep_first(item: tuple[str, Iterable[process.Processed]]) -> Iterator[Any]:
     from apache_beam import pvalue
 
-    ordered = sorted(item[1], key=lambda p: process.natural_key(p.record.key))
+    ordered = sorted(item[1], key=lambda p: natural_key(p.record.key))
     yield ordered[0]
     for dup in ordered[1:]:
         rejection = process.Rejection(
@@ -341,7 +338,7 @@ def _is_for(row: process.RawRow, subdir: str) -> bool:
     return row.output == subdir
 
 
-@exit_on_user_error
+@cli.entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     for directory, m in run(sys.argv[1:] if argv is None else argv).items():
         print(

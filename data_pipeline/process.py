@@ -31,7 +31,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from reasonclip_jax.records import CATEGORIES, Record
+from reasonclip_jax.data.records import CATEGORIES, Record
 
 # Rejection reasons: the keys of the manifest's "rejections" counts.
 MISSING_FILE = "missing image file"
@@ -135,11 +135,6 @@ class _Reject(Exception):
 def record_id(source: str, key: str) -> str:
     """Stable id of a row: 32 hex digits of sha256(source, key)."""
     return hashlib.sha256(f"{source}\0{key}".encode()).hexdigest()[:32]
-
-
-def natural_key(text: str) -> tuple[tuple[int, Any], ...]:
-    """Sort key that orders embedded numbers by value ("f:9" before "f:10")."""
-    return tuple((0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", text) if t)
 
 
 def process_row(

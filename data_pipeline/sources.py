@@ -14,7 +14,7 @@ data lives. Reading never raises: a file that cannot be read becomes one row car
                     trp_cls, trp_cls_ls, sets
     rclip-bench     parquet: image{bytes,path}, sets; or jsonl:         sets (split "test")
                     image_path, sets
-    scenes          synthetic (data_pipeline.scenes), three outputs:    stage1/, stage2/, bench/
+    scenes          synthetic (data_pipeline.synthetic); three outputs  stage1/, stage2/, bench/
 
 Relative image paths are resolved against --image-root, or else the input file's directory.
 
@@ -34,7 +34,6 @@ import io
 import json
 import os
 import re
-import tarfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -46,10 +45,10 @@ from data_pipeline.process import (
     RawRow,
     Schema,
 )
+from reasonclip_jax.data import webdataset
 from reasonclip_jax.errors import UserError
 
 SCENES_PER_UNIT = 32
-WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # preference order within a sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,15 +272,9 @@ def read_bench(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _split_member(name: str) -> tuple[str, str] | None:
-    """webdataset's sample key and extension: "dir/abc.seg.png" -> ("dir/abc", "seg.png")."""
-    match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
-    return (match.group(1), match.group(2).lower()) if match else None
-
-
 def _webdataset_row(key: str, files: dict[str, bytes], unit: Unit, config: SourceConfig) -> RawRow:
     row_key = f"{unit.name}:{key}"
-    image = next((files[e] for e in WEBDATASET_IMAGE_EXTENSIONS if e in files), None)
+    image = webdataset.first_image(files)
     if image is None:
         return RawRow(
             key=row_key, error=(MISSING_FILE, f"no image member ({', '.join(sorted(files))})")
@@ -300,21 +293,11 @@ def _webdataset_row(key: str, files: dict[str, bytes], unit: Unit, config: Sourc
 
 def read_webdataset(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
     """Samples are consecutive members sharing a key, as webdataset writes them."""
-    key, files, done = None, {}, 0
+    done = 0
     try:
-        with tarfile.open(unit.path, "r|*") as tar:
-            for member in tar:
-                parts = _split_member(member.name) if member.isfile() else None
-                if parts is None:
-                    continue
-                if parts[0] != key:
-                    if key is not None:
-                        yield _webdataset_row(key, files, unit, config)
-                        done += 1
-                    key, files = parts[0], {}
-                files[parts[1]] = tar.extractfile(member).read()
-        if key is not None:
+        for key, files in webdataset.iter_tar(unit.path):
             yield _webdataset_row(key, files, unit, config)
+            done += 1
     except Exception as e:  # truncated or corrupt tar: the sample being read is lost with it
         yield _unreadable(unit, done, e)
 
@@ -328,8 +311,8 @@ def read_scenes(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
     """A training scene (index < num_scenes) gives one stage-1 row and one stage-2 row per
     category caption; a held-out scene (the next num_bench_scenes indices) one bench row, so
     the benchmark never shows an image the model trained on."""
-    from data_pipeline import scenes
-    from reasonclip_jax.records import CATEGORIES
+    from data_pipeline.synthetic import scenes
+    from reasonclip_jax.data.records import CATEGORIES
 
     for index in range(unit.start, unit.stop):
         try:

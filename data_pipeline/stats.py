@@ -3,9 +3,9 @@
 Every record contributes integer counts to one `collections.Counter` keyed by tuples
 (("split", "train"), ("words", "desc", 12), ...). Counters add exactly in any order, so the
 manifest is the same however Beam splits the work. Token counts use the project's CLIP
-tokenizer (`reasonclip_jax.tokenizer`) when it is importable and are left out otherwise.
+tokenizer (`reasonclip_jax.models.tokenizer`) when it is importable and are left out otherwise.
 
-    python -c "from data_pipeline import stats; from reasonclip_jax.records import Record
+    python -c "from data_pipeline import stats; from reasonclip_jax.data.records import Record
     r = Record('id', 's', 'k', b'', desc=('a cat',))
     print(stats.summarize(stats.record_stats(r, 'train')))"
 """
@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from reasonclip_jax.records import CATEGORIES, Record
+from reasonclip_jax.data.records import CATEGORIES, Record
 
 CLIP_CONTEXT_LENGTH = 77  # the manifest counts captions longer than this, in tokens
 
@@ -26,7 +26,7 @@ CLIP_CONTEXT_LENGTH = 77  # the manifest counts captions longer than this, in to
 def _token_counter() -> Callable[[str], int] | None:
     """Tokens of a text including start and end, untruncated; None without the tokenizer."""
     try:
-        from reasonclip_jax import tokenizer
+        from reasonclip_jax.models import tokenizer
     except ImportError:
         return None
     encode = tokenizer.default_tokenizer().encode

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from reasonclip_jax import records
+from reasonclip_jax.data import records
 
 SHARD_OPTIONS = "group_size:1"  # one record per chunk: random access for Grain
 MANIFEST = "manifest.json"
@@ -75,8 +75,6 @@ def finalize(
     num_shards: int,
 ) -> dict[str, Any]:
     """Completes a shard directory once every shard is written; returns the manifest."""
-    from data_pipeline.process import natural_key
-
     splits = summary["splits"]
     expected = {records.shard_name(s, i, num_shards) for s in splits for i in range(num_shards)}
     for name in sorted(expected - set(written)):
@@ -86,7 +84,7 @@ def finalize(
             os.remove(path)
 
     rejections = sorted(
-        rejections, key=lambda r: (natural_key(r["location"]), r["reason"], r["detail"])
+        rejections, key=lambda r: (records.natural_key(r["location"]), r["reason"], r["detail"])
     )
     _replace(
         os.path.join(directory, REJECTED),

@@ -1,7 +1,8 @@
 """User-facing errors: one clear line and a non-zero exit, never a traceback.
 
 Raise `UserError` for anything a user can cause (bad path, bad flag, mismatched
-weights). Command-line entry points wrap their main in `exit_on_user_error`.
+weights). Tools wrap their main in `reasonclip_jax.tools.cli.entry_point` (which adds the
+shared logging set-up to `exit_on_user_error`); absl mains run under `cli.run_absl_main`.
 """
 
 from __future__ import annotations

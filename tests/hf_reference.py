@@ -6,8 +6,8 @@ import numpy as np
 import torch
 import transformers
 
-from reasonclip_jax import weight_maps
-from reasonclip_jax.model import ModelConfig
+from reasonclip_jax.models import weight_maps
+from reasonclip_jax.models.clip import ModelConfig
 
 
 def hf_clip(config: ModelConfig, seed: int = 0) -> transformers.CLIPModel:

@@ -1,6 +1,6 @@
 """OpenAI CLIP's `simple_tokenizer.py` (MIT, Copyright (c) 2021 OpenAI), transcribed as is.
 
-The reference that `reasonclip_jax.tokenizer` must match id for id, and the baseline of
+The reference that `reasonclip_jax.models.tokenizer` must match id for id, and the baseline of
 `bench/bench_tokenizer.py`. It shares no code with the package. Deviations from the original:
 numpy instead of torch, the special-token spelling as a parameter (OpenAI writes
 `<|startoftext|>`, open_clip `<start_of_text>`), and `cache_words=False` to time the BPE

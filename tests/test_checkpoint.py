@@ -11,9 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from reasonclip_jax import checkpoint
 from reasonclip_jax.errors import UserError
-from reasonclip_jax.model import CLIP, get_preset, init_params
+from reasonclip_jax.models.clip import CLIP, get_preset, init_params
+from reasonclip_jax.train import checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,11 @@ from hf_reference import hf_clip, hf_embeds
 from reference_openai_clip import OpenAICLIP
 from safetensors.numpy import load_file, save_file
 
-from reasonclip_jax import checkpoint, convert, encode
 from reasonclip_jax.errors import UserError
-from reasonclip_jax.model import CLIP, get_preset
+from reasonclip_jax.evaluators.encoder import Encoder
+from reasonclip_jax.models.clip import CLIP, get_preset
+from reasonclip_jax.tools import convert
+from reasonclip_jax.train import checkpoint
 
 TINY = get_preset("tiny")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -210,7 +212,7 @@ def test_encode_cli_matches_transformers(tmp_path, rng):
     processor = transformers.CLIPImageProcessor(size={"shortest_edge": 64},
                                                 crop_size={"height": 64, "width": 64})
     pixels = processor([Image.open(p) for p in paths], return_tensors="np")["pixel_values"]
-    from reasonclip_jax.tokenizer import tokenize
+    from reasonclip_jax.models.tokenizer import tokenize
 
     ref_img, ref_txt = hf_embeds(hf, pixels.transpose(0, 2, 3, 1), tokenize(texts))
     assert out["image_embeds"].shape == (3, 64) and out["text_embeds"].shape == (4, 64)
@@ -229,9 +231,9 @@ def test_vit_b32_through_import_and_encode(tmp_path, rng):
     assert loaded == config
     images = rng.standard_normal((2, 224, 224, 3)).astype(np.float32)
     texts = ["a photo of a cat", "the glass will spill because it is tilted"]
-    from reasonclip_jax.tokenizer import tokenize
+    from reasonclip_jax.models.tokenizer import tokenize
 
-    encoder = encode.Encoder(params, config, batch_size=2)
+    encoder = Encoder(params, config, batch_size=2)
     ref_img, ref_txt = hf_embeds(hf, images, tokenize(texts))
     np.testing.assert_allclose(encoder.images(images), ref_img, atol=1e-4, rtol=0)
     np.testing.assert_allclose(encoder.texts(texts), ref_txt, atol=1e-4, rtol=0)
@@ -247,11 +249,11 @@ def test_safetensors_conversion_and_training_imports_need_no_torch(tmp_path):
     script = f"""
 import sys
 sys.modules["torch"] = None  # any import of torch now fails
-from reasonclip_jax import convert
+from reasonclip_jax.tools import convert
 convert.import_weights("hf", {str(tmp_path / "hf")!r}, {str(tmp_path / "ckpt")!r})
 convert.export_weights("hf", {str(tmp_path / "ckpt")!r}, {str(tmp_path / "out")!r})
 convert.export_weights("openai", {str(tmp_path / "ckpt")!r}, {str(tmp_path / "w.safetensors")!r})
-import reasonclip_jax.train, reasonclip_jax.input_pipeline, reasonclip_jax.evaluators
+import reasonclip_jax.train.trainer, reasonclip_jax.data.pipeline, reasonclip_jax.evaluators
 assert "transformers" not in sys.modules
 print("ok")
 """

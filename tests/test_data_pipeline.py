@@ -22,7 +22,8 @@ from PIL import Image
 from test_data_pipeline_process import png_header_only
 
 from data_pipeline import build, process, write
-from reasonclip_jax import records
+from data_pipeline.synthetic import scenes
+from reasonclip_jax.data import records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -466,7 +467,6 @@ def test_rclip_bench_parquet_and_jsonl(tmp_path):
 
 
 def test_scenes_write_three_directories(tmp_path):
-    scenes = pytest.importorskip("data_pipeline.scenes")
     out = str(tmp_path / "out")
     manifests = build.run(
         [

@@ -15,6 +15,7 @@ from PIL import Image
 
 from data_pipeline import process as P
 from data_pipeline import stats, write
+from reasonclip_jax.data.records import natural_key
 
 OPTIONS = P.ImageOptions()
 ANY = P.Schema()
@@ -177,8 +178,12 @@ def test_source_errors_pass_through():
 
 
 def test_ids_keys_and_placement():
-    assert P.record_id("a", "k:1") == P.record_id("a", "k:1") != P.record_id("b", "k:1")
-    assert sorted(["f:10", "f:9", "e:100"], key=P.natural_key) == ["e:100", "f:9", "f:10"]
+    # sha256("a\0k:1") and sha256("b\0k:1"), first 32 hex digits: ids must never change,
+    # or rebuilt shards would place and deduplicate rows differently.
+    assert P.record_id("a", "k:1") == "190d104f4d72d5a29f09a1abc6da9da3"
+    assert P.record_id("b", "k:1") == "8af12f31a3a2d036a212a10cf01e786c"
+    keys = ["f:10", "f:9", "e:100", "f:9b", "f", "f:09", "x1²"]  # "²": a digit int() rejects
+    assert sorted(keys, key=natural_key) == ["e:100", "f", "f:9", "f:09", "f:9b", "f:10", "x1²"]
     ids = [P.record_id("s", f"f:{i}") for i in range(4000)]
     places = [write.place(i, 4, 0.25, False) for i in ids]
     assert 850 < sum(s == "validation" for s, _ in places) < 1150

@@ -25,11 +25,14 @@ import PIL.Image
 import pytest
 from array_record.python import array_record_module
 
-from reasonclip_jax import checkpoint, evaluate, evaluators, image_transforms, records
-from reasonclip_jax.encode import Encoder
+from reasonclip_jax import evaluators
+from reasonclip_jax.data import records, transforms
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.evaluators import common, rclip_bench, retrieval, zero_shot
-from reasonclip_jax.model import CLIP, get_preset, param_shapes
+from reasonclip_jax.evaluators.encoder import Encoder
+from reasonclip_jax.models.clip import CLIP, get_preset, param_shapes
+from reasonclip_jax.tools import evaluate
+from reasonclip_jax.train import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16  # image side the fake embedders ask for
@@ -53,7 +56,7 @@ def fingerprint(pixels: np.ndarray) -> bytes:
 
 
 def pixels_of(data: bytes, size: int = SIZE) -> np.ndarray:
-    return image_transforms.eval_transform(image_transforms.decode_image(data), size)
+    return transforms.eval_transform(transforms.decode_image(data), size)
 
 
 class PlantedEmbedder:

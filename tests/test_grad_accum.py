@@ -21,21 +21,21 @@ from conftest import random_tokens  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from reasonclip_jax.grad_accum import (  # noqa: E402
-    batch_sharding_constraint,
-    gradcache_value_and_grad,
-    merge_micro_batches,
-    plain_accumulation_value_and_grad,
-    split_micro_batches,
-)
-from reasonclip_jax.losses import contrastive_loss  # noqa: E402
-from reasonclip_jax.model import (  # noqa: E402
+from reasonclip_jax.models.clip import (  # noqa: E402
     CLIP,
     get_preset,
     init_params,
     l2_normalize,
     param_shapes,
 )
+from reasonclip_jax.parallel.grad_accum import (  # noqa: E402
+    batch_sharding_constraint,
+    gradcache_value_and_grad,
+    merge_micro_batches,
+    plain_accumulation_value_and_grad,
+    split_micro_batches,
+)
+from reasonclip_jax.parallel.losses import contrastive_loss  # noqa: E402
 
 N = 32  # N / K is a multiple of the 8 devices for K = 2 and 4
 CONFIG = get_preset("tiny", image_size=32, context_length=16)

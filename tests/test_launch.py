@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from reasonclip_jax import launch
+from reasonclip_jax.tools import launch
 
 pytestmark = pytest.mark.multiprocess
 
@@ -27,7 +27,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("P
 # Each process contributes [2i+1, 2i+2] to a global array over 4 devices: the sum is 10.
 JOB = """
 import numpy as np
-from reasonclip_jax import distributed
+from reasonclip_jax.parallel import distributed
 
 distributed.initialize()
 
@@ -51,7 +51,7 @@ print(f"result indices={indices.tolist()} sum={float(total)} shape={x.shape}")
 CRASH = """
 import os, signal, subprocess, time
 import numpy as np
-from reasonclip_jax import distributed
+from reasonclip_jax.parallel import distributed
 
 distributed.initialize()
 

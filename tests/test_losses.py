@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from reasonclip_jax.losses import (  # noqa: E402
+from reasonclip_jax.parallel.losses import (  # noqa: E402
     contrastive_loss,
     sigmoid_contrastive_loss_dense,
     softmax_contrastive_loss_dense,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_train import final_params, logged, small_config
 
-from reasonclip_jax import checkpoint, train
+from reasonclip_jax.train import checkpoint, trainer
 
 pytestmark = pytest.mark.multiprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +64,7 @@ def assert_params_close(a, b):
 @pytest.fixture(scope="module")
 def one_process_run(scenes, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("one") / "run")
-    train.train(config_8_devices(scenes, 6), workdir)
+    trainer.train(config_8_devices(scenes, 6), workdir)
     return workdir
 
 
@@ -109,7 +109,7 @@ def test_checkpoint_of_two_processes_resumes_in_one(scenes, one_process_run, tmp
     out, _ = proc.communicate(timeout=120)
     saved = checkpoint.latest_train_step(os.path.join(workdir, "checkpoints"))
     assert saved is not None and 2 <= saved < 6, out[-4000:]
-    train.train(config_8_devices(scenes, 6), workdir)  # one process, 8 devices
+    trainer.train(config_8_devices(scenes, 6), workdir)  # one process, 8 devices
     assert logged(workdir)[-1]["step"] == 6
     assert_params_close(final_params(workdir), final_params(one_process_run))
 

@@ -17,7 +17,7 @@ import optax
 import pytest
 
 from reasonclip_jax.errors import UserError
-from reasonclip_jax.optimizer import add_l2_to_init, make_optimizer, param_path
+from reasonclip_jax.train.optimizer import add_l2_to_init, make_optimizer, param_path
 
 B1, B2, EPS = 0.9, 0.999, 1e-8
 RECIPE_GROUPS = [

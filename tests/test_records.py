@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from reasonclip_jax import records
+from reasonclip_jax.data import records
 from reasonclip_jax.errors import UserError
 
 

@@ -9,9 +9,9 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from reasonclip_jax import sharding
 from reasonclip_jax.errors import UserError
-from reasonclip_jax.model import CLIP, get_preset, init_params
+from reasonclip_jax.models.clip import CLIP, get_preset, init_params
+from reasonclip_jax.parallel import sharding
 
 
 def test_mesh_shape_fills_minus_one_and_rejects_bad_meshes():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from grain.multiprocessing import SharedMemoryArray
 
-from reasonclip_jax import shared_blocks
+from reasonclip_jax.data import shared_blocks
 
 SHAPE = (4, 8, 8, 3)
 

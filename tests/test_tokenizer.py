@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from reference_simple_tokenizer import SimpleTokenizer, basic_clean, whitespace_clean
 
-from reasonclip_jax import tokenizer
+from reasonclip_jax.models import tokenizer
 
 CONTEXT_LENGTHS = (77, 64, 16)
 

@@ -13,12 +13,12 @@ default the type):
         dict(type="retrieval", name="scenes_s1", data_dir="out/scenes/stage1", split="train",
              caption_field="desc", max_examples=1000),
     ]
-    embedder = encode.Encoder(params, model_config, batch_size, mesh=mesh)
+    embedder = encoder.Encoder(params, model_config, batch_size, mesh=mesh)
     metrics = evaluators.run_evaluators(config.evals, embedder)
     # {"scenes_bench/accuracy": ..., "scenes_bench/acc_S": ..., "scenes_s1/i2t_r1": ...}
 
 Multi-host: every process reads and embeds the whole (small) eval set, redundantly, and
-gets the same metrics; `encode.Encoder(..., mesh=mesh)` returns replicated embeddings, so
+gets the same metrics; `encoder.Encoder(..., mesh=mesh)` returns replicated embeddings, so
 this works with parameters sharded across processes. Nothing is cached between calls: each
 call reads and decodes its data afresh.
 

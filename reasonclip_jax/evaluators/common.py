@@ -1,7 +1,7 @@
 """What every evaluator shares: the embedding interface and reading a shard-directory split.
 
 An evaluator sees the model only through an `Embedder`: L2-normalised embeddings of
-preprocessed images and of raw texts. `encode.Encoder(params, model_config, batch_size,
+preprocessed images and of raw texts. `encoder.Encoder(params, model_config, batch_size,
 mesh=...)` is the model's (jitted, fixed batch shapes; with `mesh`, params may be sharded
 across processes and embeddings come back replicated to every process); tests plant
 embeddings with fakes of the same shape.
@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from absl import logging
 
-from reasonclip_jax import image_transforms, records
+from reasonclip_jax.data import records, transforms
 
 DEFAULT_CHUNK = 256  # images decoded and preprocessed at a time
 
@@ -32,8 +32,8 @@ DEFAULT_CHUNK = 256  # images decoded and preprocessed at a time
 @runtime_checkable
 class Embedder(Protocol):
     """L2-normalised embeddings: `images` of float32 [B, S, S, 3] pixels preprocessed with
-    `image_transforms.eval_transform(image, image_size)`, `texts` of raw strings; both
-    return float32 [B, D]. `encode.Encoder` is one."""
+    `transforms.eval_transform(image, image_size)`, `texts` of raw strings; both
+    return float32 [B, D]. `encoder.Encoder` is one."""
 
     image_size: int
 
@@ -70,10 +70,10 @@ def preprocess_images(
     pixels, kept = [], np.zeros(len(images), bool)
     for i, data in enumerate(images):
         try:
-            image = image_transforms.decode_image(data)
-        except image_transforms.DECODE_ERRORS:
+            image = transforms.decode_image(data)
+        except transforms.DECODE_ERRORS:
             continue
-        pixels.append(image_transforms.eval_transform(image, image_size))
+        pixels.append(transforms.eval_transform(image, image_size))
         kept[i] = True
     if not pixels:
         return np.zeros((0, image_size, image_size, 3), np.float32), kept

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from reasonclip_jax import records
+from reasonclip_jax.data import records
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.evaluators import common
 

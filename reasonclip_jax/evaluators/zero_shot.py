@@ -13,9 +13,9 @@ Data, the CLIP_benchmark webdataset layout (e.g. `wds_imagenet1k`):
     DATA_DIR/zeroshot_classification_templates.txt   one template per line
     DATA_DIR/SPLIT/*.tar                             KEY.jpg|jpeg|png|webp + KEY.cls
 
-read with `tarfile`, shards in natural order (2.tar before 10.tar), a sample's files
-adjacent in its tar as webdataset writes them. `evaluate_arrays` takes the same inputs as
-arrays.
+read with `reasonclip_jax.data.webdataset`, shards in natural order (2.tar before 10.tar),
+a sample's files adjacent in its tar as webdataset writes them. `evaluate_arrays` takes the
+same inputs as arrays.
 
     python -m reasonclip_jax.evaluate --checkpoint CKPT --eval zero_shot:data/wds_imagenet1k
 """
@@ -25,21 +25,19 @@ from __future__ import annotations
 import glob
 import itertools
 import os
-import re
 import tarfile
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 from absl import logging
 
+from reasonclip_jax.data import records, webdataset
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.evaluators import common
 
 CLASSNAMES_FILE = "classnames.txt"
 TEMPLATES_FILE = "zeroshot_classification_templates.txt"
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 _CLASS_CHUNK = 100  # classes whose prompts are embedded at a time
-_WDS_NAME = re.compile(r"^((?:.*/|)[^./][^.]*)\.([^/]*)$")  # webdataset's key.extension split
 
 
 def fill_template(template: str, classname: str) -> str:
@@ -106,13 +104,10 @@ def read_lines(path: str) -> list[str]:
         return [line.strip() for line in f if line.strip()]
 
 
-def _natural_key(path: str) -> list[int | str]:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", os.path.basename(path))]
-
-
 def tar_paths(data_dir: str, split: str) -> list[str]:
     """The split's tar shards in natural order."""
-    paths = sorted(glob.glob(os.path.join(data_dir, split, "*.tar")), key=_natural_key)
+    paths = glob.glob(os.path.join(data_dir, split, "*.tar"))
+    paths.sort(key=lambda p: records.natural_key(os.path.basename(p)))
     if not paths:
         raise UserError(f"{data_dir}: no {split}/*.tar webdataset shards")
     return paths
@@ -123,27 +118,13 @@ def iter_samples(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, bytes]]]
     adjacent in a tar."""
     for path in paths:
         try:
-            with tarfile.open(path) as tar:
-                key, files = "", {}  # no real key is empty
-                for member in tar:
-                    match = _WDS_NAME.match(member.name) if member.isfile() else None
-                    if match is None:
-                        continue
-                    if match.group(1) != key:
-                        if files:
-                            yield key, files
-                        key, files = match.group(1), {}
-                    data = tar.extractfile(member)
-                    if data is not None:
-                        files[match.group(2).lower()] = data.read()
-                if files:
-                    yield key, files
+            yield from webdataset.iter_tar(path)
         except tarfile.TarError as e:
             raise UserError(f"cannot read webdataset shard {path}: {e}") from None
 
 
 def _image_and_label(sample: dict[str, bytes]) -> tuple[bytes, int] | None:
-    image = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
+    image = webdataset.first_image(sample)
     try:
         label = int(sample["cls"].decode().strip())
     except (KeyError, UnicodeDecodeError, ValueError):

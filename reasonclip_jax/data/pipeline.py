@@ -1,0 +1,695 @@
+"""Grain input pipelines: ArrayRecord shards -> per-process numpy batches -> global jax.Arrays.
+
+Training (`make_train_iterator`), for each source i of `data_dirs`:
+
+    view index space [0, records * examples_per_record)   (data/views.py: 1 or 9 per record)
+    -> index shuffle, a new permutation every epoch        (seed from shuffle_seed and i)
+    -> repeat num_epochs times                              (None: forever)
+
+then: weighted mix of the sources (grain's MapDataset.mix: deterministic, each source keeps its
+own order) -> this process's slice `[process_index::process_count]`, so over all processes each
+example of an epoch is read exactly once -> read, decode, augment, tokenize (in
+`worker_count` grain worker processes, or in this process when 0) -> batches of
+`batch_size // process_count` -> thread prefetch. The mixed stream is infinite when
+num_epochs is None; otherwise it stops when any source has run its epochs, and the last
+incomplete batch of each worker is dropped (up to worker_count * (batch - 1) examples).
+Worker w batches positions w, w + W, ... of the process's stream, so the batches depend on
+worker_count (deterministically); the examples of each epoch do not.
+
+A record that cannot be used (bad magic, corrupt header or JPEG, fields the view needs
+missing) is logged, left out of its batch, and counted: every batch carries
+`skipped_records`, this process's running count of skipped records (a scalar int64, part of
+the checkpointed iterator state), so a trainer can log it as a metric.
+
+Evaluation (`make_eval_iterator`): the same examples without shuffling, augmentation or
+repetition; the sources are concatenated. Every process gets `num_eval_batches()` batches
+(equal counts, so hosts stay in step); global batch j holds examples [j * B, (j + 1) * B),
+process p its rows [p * b, (p + 1) * b) with b = B // process_count. Rows past the end, and
+records that cannot be used, are padding: `mask` False, every field zero, `record_index` -1.
+
+Images leave the pipeline as raw uint8 pixels by default (`image_dtype`): the model
+normalises integer pixels on the device (`model.normalize_pixels`, the same formula), which
+keeps that work off the host CPUs and sends a quarter of the bytes to the accelerator.
+With `image_dtype="float32"` the batches are CLIP-normalised here instead.
+
+With workers, each batch reaches the trainer process in shared memory: a worker writes its
+images into one of its reusable blocks (`shared_blocks`), and the trainer's arrays are views
+of that block, which goes back to the worker when the batch is dropped. Tokens and labels
+cross in the pickle.
+
+Batch keys (B = per-process batch, L = context_length, S = image_size):
+    image          uint8   [B, S, S, 3]  raw pixels (float32, CLIP-normalised, if asked)
+    text           int32   [B, L]        stage0, stage2
+    text_desc      int32   [B, L]        stage1
+    text_reason    int32   [B, L]        stage1
+    cat_label      int32   [B]           stage2
+    image_labels   float32 [B, 5]        stage2 (multi-hot)
+    record_index   int64   [B]           record's index across data_dirs (in order), -1 = pad
+    mask           bool    [B]           eval only
+    skipped_records int64  []            running count of skipped records in this process
+
+Checkpointing: the iterators are grain `DatasetIterator`s; `get_state()` / `set_state()` give
+and take a JSON-able dict, and `checkpoint_save_args` / `checkpoint_restore_args` wrap an
+iterator for an orbax `CheckpointManager` item (grain's CheckpointHandler: one JSON file per
+process). A restored iterator continues with the batches the uninterrupted one would have
+produced, given the same config, worker_count and process layout.
+
+Config keys (`get_config()`; a training config sets them under `config.input`):
+    data_dirs           list of shard directories, or globs of directories or of
+                        `*.array_record` files (their directory's manifest.json is checked)
+    weights             mixture weights, one per data_dirs entry; None = proportional to
+                        each source's examples per epoch (the sources shuffled together)
+    split               shard split name, e.g. "train"
+    text_fields         the caption pool of a `CaptionView` (stage 0): ("desc",),
+                        ("reason", "cat_caption"), ...
+    batch_size          global batch size (divided by the process count)
+    image_size          output side in pixels
+    image_dtype         "uint8" (raw pixels, normalised by the model on device) | "float32"
+                        (CLIP-normalised on the host)
+    context_length      text tokens per caption (77 CLIP, 64 SigLIP)
+    augment             "random_resized_crop" | "center_crop" (training only)
+    rrc_scale           random resized crop area fraction range
+    rrc_ratio           random resized crop aspect-ratio range
+    hflip               random horizontal flips (off: captions say left and right)
+    shuffle_seed        seed of the shuffles, caption choices and augmentations
+    num_epochs          epochs to run; None = forever (training counts steps)
+    worker_count        grain worker processes per host; 0 = decode in this process
+    worker_buffer_size  batches each worker keeps ready
+    reuse_worker_blocks workers write batches into shared-memory blocks they reuse once the
+                        trainer drops a batch (`shared_blocks`, Linux); False: grain's stock
+                        path, a fresh shared-memory block per batch
+    read_threads        threads per process (the trainer's, or each worker's) reading and
+                        decoding examples; 0 = in the iterating thread. Every example then
+                        crosses threads and they contend for the GIL, which costs CPU
+                        (bench: +13% for 2 threads in one process), so use workers for more
+                        cores and threads only to hide slow (remote) reads
+    read_buffer_size    examples buffered per process ahead of batching
+    prefetch            batches a background thread of the trainer keeps ready; 0 = none
+
+Try it (a shard directory from data_pipeline/):
+
+    python -c "from reasonclip_jax.data import pipeline as ip; c = ip.get_config(); \\
+c.data_dirs = ['DIR']; c.batch_size = 8; from reasonclip_jax.data import views; \\
+b = next(ip.make_train_iterator(c, views.CaptionPairsView())); \\
+print({k: v.shape for k, v in b.items()})"
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import functools
+import glob
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import grain
+import ml_collections
+import numpy as np
+from absl import logging
+from grain.multiprocessing import SharedMemoryArray
+
+from reasonclip_jax.data import records, shared_blocks, transforms, views
+from reasonclip_jax.errors import UserError
+
+TokenizeFn = Callable[[Sequence[str], int], np.ndarray]
+AUGMENTS = ("random_resized_crop", "center_crop")
+IMAGE_DTYPES = ("uint8", "float32")
+# A record is skipped on these; anything else (a bug, an unreadable shard) still raises.
+_RECORD_ERRORS = (KeyError, TypeError, *transforms.DECODE_ERRORS)
+_MIN_SHM_BYTES = 64 * 1024
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Every input key with its default; see the module docstring for their meaning."""
+    return ml_collections.ConfigDict(
+        dict(
+            data_dirs=[],
+            weights=None,
+            split="train",
+            text_fields=("desc",),
+            batch_size=256,
+            image_size=224,
+            image_dtype="uint8",
+            context_length=77,
+            augment="random_resized_crop",
+            rrc_scale=transforms.DEFAULT_RRC_SCALE,
+            rrc_ratio=transforms.DEFAULT_RRC_RATIO,
+            hflip=False,
+            shuffle_seed=42,
+            num_epochs=None,
+            worker_count=0,
+            worker_buffer_size=2,
+            reuse_worker_blocks=True,
+            read_threads=0,
+            read_buffer_size=64,
+            prefetch=2,
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources.
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """The shard files of one `data_dirs` entry, and where its records sit in `record_index`."""
+
+    pattern: str
+    paths: tuple[str, ...]
+    num_records: int
+    record_offset: int
+
+
+def open_sources(data_dirs: Sequence[str], split: str) -> list[Source]:
+    """Resolves `data_dirs` entries to shard files, checking each directory's manifest."""
+    if not data_dirs:
+        raise UserError("input.data_dirs is empty: give at least one shard directory")
+    sources, offset = [], 0
+    for pattern in data_dirs:
+        paths = _shard_files(pattern, split)
+        num_records = len(_array_record_source(paths))
+        if num_records == 0:
+            raise UserError(f"{pattern}: the '{split}' shards hold no records")
+        sources.append(Source(pattern, tuple(paths), num_records, offset))
+        offset += num_records
+    return sources
+
+
+def _shard_files(pattern: str, split: str) -> list[str]:
+    matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    if not matches:
+        raise UserError(f"input.data_dirs entry {pattern} matches nothing")
+    paths = []
+    for match in matches:
+        if os.path.isdir(match):
+            records.read_manifest(match)
+            found = records.shard_paths(match, split)
+            if not found:
+                raise UserError(f"{match}: no shards for split '{split}'")
+            paths.extend(found)
+        elif match.endswith(".array_record") and os.path.isfile(match):
+            records.read_manifest(os.path.dirname(match) or ".")
+            paths.append(match)
+        else:
+            raise UserError(f"{match} is neither a shard directory nor an .array_record file")
+    return paths
+
+
+def _array_record_source(paths: Sequence[str]) -> Any:
+    from array_record.python import array_record_data_source
+
+    return array_record_data_source.ArrayRecordDataSource(list(paths))
+
+
+def _check_view(source: Source, view: views.View) -> None:
+    """Fails early, in one line, when a source's records cannot serve the view at all."""
+    data = _array_record_source(source.paths)
+    for index in range(min(16, source.num_records)):
+        try:
+            record = records.decode_record(data[index])
+        except (ValueError, KeyError, TypeError):
+            continue
+        try:
+            view.check(record)
+        except ValueError as e:
+            raise UserError(
+                f"{source.pattern}: {type(view).__name__} cannot use its records: {e}"
+            ) from None
+        return
+    raise UserError(f"{source.pattern}: none of its first records decodes; is it a shard dir?")
+
+
+# ---------------------------------------------------------------------------------------------
+# Record -> example (runs in grain workers; everything here must pickle).
+
+
+class Skipped(NamedTuple):
+    """Stands for a record that could not be used, so the batcher can count it."""
+
+    record_index: int
+
+
+def _clip_tokenize(texts: Sequence[str], context_length: int) -> np.ndarray:
+    from reasonclip_jax.models.tokenizer import tokenize  # imported where it runs: in the worker
+
+    return tokenize(list(texts), context_length)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleReader:
+    """Reads item (source, epoch, index in the view's space) -> example dict or `Skipped`.
+
+    Examples carry uint8 pixels; `collate` normalises whole batches if asked.
+    """
+
+    sources: tuple[Source, ...]
+    view: views.View
+    image_size: int
+    context_length: int
+    augment: str  # "random_resized_crop" | "center_crop"
+    rrc_scale: tuple[float, float]
+    rrc_ratio: tuple[float, float]
+    hflip: bool
+    seed: int
+    tokenize_fn: TokenizeFn
+
+    @functools.cached_property
+    def _data(self) -> list[Any]:
+        return [_array_record_source(s.paths) for s in self.sources]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_data", None)  # open the shards again in the worker
+        return state
+
+    def __call__(self, item: tuple[int, int, int]) -> dict[str, np.ndarray] | Skipped:
+        source_id, epoch, index = item
+        source = self.sources[source_id]
+        record_id, variant = divmod(index, self.view.examples_per_record)
+        record_index = source.record_offset + record_id
+        data = self._data[source_id][record_id]  # outside the try: a read error is no skip
+        try:
+            record = records.decode_record(data)
+            self.view.check(record)
+            image = transforms.decode_image(record.image)
+        except _RECORD_ERRORS as e:
+            logging.warning("skipping record %d of %s: %s", record_id, source.pattern, e)
+            return Skipped(record_index)
+        if self.augment == "center_crop":
+            pixels = transforms.eval_pixels(image, self.image_size)
+        else:
+            rng = np.random.default_rng([self.seed, source_id, epoch, index])
+            pixels = transforms.train_pixels(
+                image, self.image_size, rng, self.rrc_scale, self.rrc_ratio, self.hflip
+            )
+        texts = self.view.texts(record, variant, self.seed, epoch, record_index)
+        tokens = np.asarray(self.tokenize_fn(texts, self.context_length), np.int32)
+        return {
+            "image": pixels,
+            **dict(zip(self.view.text_keys, tokens, strict=True)),
+            **self.view.labels(record),
+            "record_index": np.int64(record_index),
+        }
+
+    def padding(self) -> dict[str, np.ndarray]:
+        """An all-zero example (record_index -1) with the shapes of a real one."""
+        size, length = self.image_size, self.context_length
+        return {
+            "image": np.zeros((size, size, 3), np.uint8),
+            **{k: np.zeros(length, np.int32) for k in self.view.text_keys},
+            **self.view.label_zeros(),
+            "record_index": np.int64(-1),
+        }
+
+
+def _host_normalizes(cfg: ml_collections.ConfigDict) -> bool:
+    if cfg.image_dtype not in IMAGE_DTYPES:
+        raise UserError(f"input.image_dtype '{cfg.image_dtype}': use one of "
+                        f"{', '.join(IMAGE_DTYPES)}")
+    return cfg.image_dtype == "float32"
+
+
+def _make_reader(cfg: ml_collections.ConfigDict, view: views.View, sources: Sequence[Source],
+                 augment: str, tokenize_fn: TokenizeFn | None) -> ExampleReader:
+    if augment not in AUGMENTS:
+        raise UserError(f"input.augment '{augment}': use one of {', '.join(AUGMENTS)}")
+    if cfg.shuffle_seed < 0:
+        raise UserError(f"input.shuffle_seed {cfg.shuffle_seed}: use a non-negative integer")
+    for source in sources:
+        _check_view(source, view)
+    return ExampleReader(
+        sources=tuple(sources), view=view, image_size=cfg.image_size,
+        context_length=cfg.context_length, augment=augment,
+        rrc_scale=tuple(cfg.rrc_scale), rrc_ratio=tuple(cfg.rrc_ratio), hflip=cfg.hflip,
+        seed=cfg.shuffle_seed, tokenize_fn=tokenize_fn or _clip_tokenize,
+    )
+
+
+def collate(
+    rows: Sequence[dict[str, np.ndarray]], normalize: bool, out: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Stacks examples along a new batch axis; with `normalize`, uint8 images become float32.
+
+    The images are written into `out` when given (a worker's shared-memory block).
+    """
+    batch = {key: np.stack([row[key] for row in rows]) for key in rows[0] if key != "image"}
+    if normalize:
+        pixels = np.stack([row["image"] for row in rows])
+        batch["image"] = transforms.normalize(pixels, out=out)
+    else:
+        batch["image"] = np.stack([row["image"] for row in rows], out=out)
+    return batch
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchMemory:
+    """Where batches are built: in this process, or in a grain worker for the trainer.
+
+    In a worker (`shared`), images go straight into shared memory: with `max_blocks`, one of
+    the worker's reusable blocks (`shared_blocks`), and the batch carries the block's
+    `BlockRef`, which `shared_blocks.OpenBlocksIterDataset` opens in the trainer process;
+    with `max_blocks=0`, a fresh grain `SharedMemoryArray` per batch (grain's stock path).
+    """
+
+    shared: bool
+    normalize: bool
+    max_blocks: int = 0
+
+    def make_batch(
+        self, rows: Sequence[dict[str, np.ndarray]], blank: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """`collate(rows)`, with the image rows in `blank` set to zero."""
+        out, ref = None, None
+        if self.shared:
+            shape = (len(rows), *rows[0]["image"].shape)
+            dtype = np.float32 if self.normalize else np.uint8
+            blocks = shared_blocks.worker_blocks(self.max_blocks) if self.max_blocks else None
+            if blocks is None:
+                out = SharedMemoryArray(shape, dtype)
+            else:
+                ref, out = blocks.take(shape, dtype)
+        batch = collate(rows, self.normalize, out)
+        if blank is not None:
+            batch["image"][blank] = 0  # zero after normalisation too
+        if ref is not None:
+            batch["image"] = ref
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching that skips and counts, and the running count.
+
+
+class SkippingBatchIterDataset(grain.IterDataset):
+    """Batches examples, leaving out `Skipped` markers and counting them in the batch.
+
+    Each batch's `skipped_records` is the number of markers met while filling it; an
+    incomplete last batch is dropped (with a warning if it met skipped records).
+    """
+
+    def __init__(self, parent: grain.IterDataset, batch_size: int, memory: BatchMemory):
+        super().__init__(parent)
+        self._batch_size = batch_size
+        self._memory = memory
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _SkippingBatchIterator(self._parent.__iter__(), self._batch_size, self._memory)
+
+    def __str__(self) -> str:
+        return f"SkippingBatchIterDataset(batch_size={self._batch_size})"
+
+
+# Batches are built from whole parent elements, so the parent's state is the state.
+class _SkippingBatchIterator(shared_blocks.PassThroughStateIterator):
+    def __init__(self, parent: grain.DatasetIterator, batch_size: int, memory: BatchMemory):
+        super().__init__(parent)
+        self._batch_size = batch_size
+        self._memory = memory
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rows, skipped = [], 0
+        while len(rows) < self._batch_size:
+            try:
+                element = next(self._parent)
+            except StopIteration:
+                if skipped:
+                    logging.warning("end of data: %d skipped records in a dropped batch", skipped)
+                raise
+            if isinstance(element, Skipped):
+                skipped += 1
+            else:
+                rows.append(element)
+        batch = self._memory.make_batch(rows)
+        batch["skipped_records"] = np.int64(skipped)
+        return batch
+
+
+
+class RunningSkipCountIterDataset(grain.IterDataset):
+    """Turns per-batch `skipped_records` into this process's running total.
+
+    Runs in the trainer process, after the workers, so the total covers all of them; it is
+    part of the iterator state, so it survives checkpoint restores.
+    """
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _RunningSkipCountIterator(self._parent.__iter__())
+
+
+class _RunningSkipCountIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator):
+        super().__init__(parent)
+        self._skipped = 0
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = dict(next(self._parent))
+        self._skipped += int(batch["skipped_records"])
+        batch["skipped_records"] = np.int64(self._skipped)
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return {"pipeline": self._parent.get_state(), "skipped_records": self._skipped}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["pipeline"])
+        self._skipped = int(state["skipped_records"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Training pipeline.
+
+
+def _process_layout(
+    batch_size: int, process_index: int | None, process_count: int | None
+) -> tuple[int, int, int]:
+    """(process_index, process_count, per-process batch); JAX's process by default."""
+    if process_index is None or process_count is None:
+        import jax  # workers never need jax: keep it out of their imports
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if batch_size % process_count:
+        raise UserError(
+            f"input.batch_size {batch_size} is not divisible by the {process_count} processes"
+        )
+    return process_index, process_count, batch_size // process_count
+
+
+def _tag_item(source_id: int, epoch_size: int, position: int, index: int) -> tuple[int, ...]:
+    return source_id, position // epoch_size, index
+
+
+def _mixture_weights(cfg: ml_collections.ConfigDict, epoch_sizes: Sequence[int]) -> list[float]:
+    if cfg.weights is None:
+        return [float(n) for n in epoch_sizes]
+    weights = [float(w) for w in cfg.weights]
+    if len(weights) != len(epoch_sizes) or min(weights) <= 0:
+        raise UserError(
+            f"input.weights {weights}: give one positive weight per data_dirs entry "
+            f"({len(epoch_sizes)})"
+        )
+    return weights
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """Grain reads absl flags; outside `app.run` nobody parsed them, so use their defaults."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _batch_memory(cfg: ml_collections.ConfigDict) -> BatchMemory:
+    # A worker's blocks in flight: its buffer, the batch grain's reader thread holds, the
+    # trainer's prefetch buffer and the batches the trainer is using.
+    max_blocks = cfg.worker_buffer_size + cfg.prefetch + 4
+    return BatchMemory(cfg.worker_count > 0, _host_normalizes(cfg),
+                       max_blocks if cfg.reuse_worker_blocks else 0)
+
+
+def _finish(ds: grain.IterDataset, cfg: ml_collections.ConfigDict) -> grain.IterDataset:
+    """Worker processes, the running skip count and the trainer-side prefetch thread."""
+    _ensure_absl_flags_parsed()
+    if cfg.worker_count > 0:
+        # Small arrays (tokens, labels) cross in the pickle: a shared-memory block costs more.
+        ds = grain.experimental.WithOptionsIterDataset(
+            ds, grain.experimental.DatasetOptions(min_shm_size=_MIN_SHM_BYTES)
+        )
+    ds = ds.mp_prefetch(
+        grain.MultiprocessingOptions(
+            num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size
+        )
+    )
+    if cfg.worker_count > 0 and cfg.reuse_worker_blocks:
+        ds = shared_blocks.OpenBlocksIterDataset(ds)
+    ds = RunningSkipCountIterDataset(ds)
+    if cfg.prefetch:
+        ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=cfg.prefetch)
+    return ds
+
+
+def _read_options(cfg: ml_collections.ConfigDict) -> grain.ReadOptions:
+    return grain.ReadOptions(
+        num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_buffer_size
+    )
+
+
+def make_train_dataset(
+    cfg: ml_collections.ConfigDict,
+    view: views.View,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    tokenize_fn: TokenizeFn | None = None,
+    start_position: int = 0,
+) -> grain.IterDataset:
+    """The training pipeline of the module docstring, for one process, of `view`'s examples
+    (the stage's: `train.stages.get_stage(name).make_view(cfg.text_fields)`).
+
+    `process_index` / `process_count` default to JAX's; `tokenize_fn(texts, length)` to the
+    CLIP tokenizer. `start_position` skips that many examples of the mixed stream (all
+    processes together): `step * batch_size` resumes a run saved with another process count
+    at the batch it would have read next (exact when no record was skipped as corrupt).
+    """
+    process_index, process_count, local_batch = _process_layout(
+        cfg.batch_size, process_index, process_count
+    )
+    sources = open_sources(cfg.data_dirs, cfg.split)
+    reader = _make_reader(cfg, view, sources, cfg.augment, tokenize_fn)
+    per_source = []
+    for source_id, source in enumerate(sources):
+        epoch_size = source.num_records * reader.view.examples_per_record
+        seed = views.seeded_int(cfg.shuffle_seed, source_id) % 2**32
+        ds = grain.MapDataset.range(epoch_size).shuffle(seed).repeat(cfg.num_epochs)
+        per_source.append(ds.map_with_index(functools.partial(_tag_item, source_id, epoch_size)))
+    if len(per_source) == 1:
+        ds = per_source[0]
+    else:
+        epoch_sizes = [s.num_records * reader.view.examples_per_record for s in sources]
+        ds = grain.MapDataset.mix(per_source, _mixture_weights(cfg, epoch_sizes))
+    if start_position:
+        ds = ds[start_position:]
+    ds = ds[process_index::process_count].map(reader)
+    ds = SkippingBatchIterDataset(ds.to_iter_dataset(_read_options(cfg)), local_batch,
+                                  _batch_memory(cfg))
+    return _finish(ds, cfg)
+
+
+def make_train_iterator(cfg: ml_collections.ConfigDict, view: views.View, **kwargs: Any
+                        ) -> grain.DatasetIterator:
+    """`iter(make_train_dataset(cfg, view, **kwargs))`; close it when done to stop workers."""
+    return iter(make_train_dataset(cfg, view, **kwargs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation pipeline.
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalBatchBuilder:
+    """Builds this process's part of global eval batch j, padding and masking as needed."""
+
+    reader: ExampleReader
+    starts: tuple[int, ...]  # first position of each source in the concatenated space
+    total: int
+    global_batch: int
+    local_batch: int
+    process_index: int
+    memory: BatchMemory
+
+    def __call__(self, batch_id: int) -> dict[str, np.ndarray]:
+        rows, skipped = [], 0
+        first = batch_id * self.global_batch + self.process_index * self.local_batch
+        for position in range(first, first + self.local_batch):
+            row: dict[str, np.ndarray] | Skipped | None = None
+            if position < self.total:
+                source_id = bisect.bisect_right(self.starts, position) - 1
+                row = self.reader((source_id, 0, position - self.starts[source_id]))
+                skipped += isinstance(row, Skipped)
+            if isinstance(row, dict):
+                rows.append({**row, "mask": np.True_})
+            else:
+                rows.append({**self.reader.padding(), "mask": np.False_})
+        masks = np.array([row["mask"] for row in rows])
+        batch = self.memory.make_batch(rows, blank=~masks)  # padding: zero when normalised too
+        batch["skipped_records"] = np.int64(skipped)
+        return batch
+
+
+def _eval_layout(cfg: ml_collections.ConfigDict, sources: Sequence[Source],
+                 view: views.View) -> tuple[tuple[int, ...], int, int]:
+    sizes = [s.num_records * view.examples_per_record for s in sources]
+    starts = tuple(int(x) for x in np.cumsum([0, *sizes[:-1]]))
+    total = sum(sizes)
+    return starts, total, math.ceil(total / cfg.batch_size)
+
+
+def num_eval_batches(cfg: ml_collections.ConfigDict, view: views.View) -> int:
+    """Batches every process gets from `make_eval_iterator(cfg, view)`."""
+    sources = open_sources(cfg.data_dirs, cfg.split)
+    return _eval_layout(cfg, sources, view)[2]
+
+
+def make_eval_dataset(
+    cfg: ml_collections.ConfigDict,
+    view: views.View,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    tokenize_fn: TokenizeFn | None = None,
+) -> grain.IterDataset:
+    """The evaluation pipeline of the module docstring: one pass, padded, masked.
+
+    Uses `data_dirs` (concatenated, `weights` ignored), `split`,
+    sizes, `shuffle_seed` (stage0's caption choice) and the worker/prefetch keys; never
+    shuffles or augments.
+    """
+    process_index, process_count, local_batch = _process_layout(
+        cfg.batch_size, process_index, process_count
+    )
+    sources = open_sources(cfg.data_dirs, cfg.split)
+    reader = _make_reader(cfg, view, sources, "center_crop", tokenize_fn)
+    starts, total, num_batches = _eval_layout(cfg, sources, reader.view)
+    builder = _EvalBatchBuilder(
+        reader, starts, total, cfg.batch_size, local_batch, process_index, _batch_memory(cfg)
+    )
+    ds = grain.MapDataset.range(num_batches).map(builder)
+    return _finish(ds.to_iter_dataset(_read_options(cfg)), cfg)
+
+
+def make_eval_iterator(cfg: ml_collections.ConfigDict, view: views.View, **kwargs: Any
+                       ) -> grain.DatasetIterator:
+    """`iter(make_eval_dataset(cfg, view, **kwargs))`; close it when done to stop workers."""
+    return iter(make_eval_dataset(cfg, view, **kwargs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Device arrays.
+
+
+def make_global_batch(
+    batch: dict[str, np.ndarray], mesh: Any, batch_axes: str | Sequence[str] = ("data", "fsdp")
+) -> dict[str, Any]:
+    """Process-local numpy batch -> global `jax.Array`s sharded over the mesh's batch axes.
+
+    Arrays with a batch axis become `jax.make_array_from_process_local_data(
+    NamedSharding(mesh, P(batch_axes)), local)`, whose global batch is the concatenation
+    over processes; scalars (`skipped_records`) stay host numpy values.
+    """
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
+    sharding = NamedSharding(mesh, PartitionSpec(axes))
+    return {
+        key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+        if np.ndim(value) else value
+        for key, value in batch.items()
+    }
+

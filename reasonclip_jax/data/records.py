@@ -1,0 +1,161 @@
+"""The record format of the project's ArrayRecord shards, and a reader for shard directories.
+
+Format version 1. One ArrayRecord record is one example:
+
+    bytes 0..3   magic b"RCR1"
+    bytes 4..7   little-endian uint32 H: length of the header
+    bytes 8..8+H UTF-8 JSON header (keys sorted, no whitespace)
+    the rest     the encoded image (JPEG), possibly empty for text-only records
+
+Header keys (all present; unused ones are empty lists / null):
+    id            str        stable record id (hash of source + source key)
+    source        str        the preprocessing source name, e.g. "reasonclip-s1"
+    key           str        the row's key in its source (file:row or tar member)
+    width, height int        size of the stored image
+    desc          list[str]  descriptive captions (CC12M-Refined "tb"; stage 0 / stage 1)
+    reason        list[str]  open-form reasoning captions ("trl"; stage 1)
+    cat_caption   str|null   a category reasoning caption ("trp"; stage 2)
+    cat_label     int|null   its category index, S=0 A=1 H=2 T=3 P=4 ("trp_cls")
+    image_labels  list[int]  the image's category indices ("trp_cls_ls", 3 of 5)
+    sets          list[dict] benchmark sets {"tag": str, "gt": str, "neg": [4 str]}
+
+A shard directory holds `{split}-{shard:05d}-of-{N:05d}.array_record` files and a
+`manifest.json` whose "format_version" must equal `FORMAT_VERSION`.
+
+Reading needs neither Beam nor TensorFlow:
+
+    python -c "from reasonclip_jax.data import records; \\
+print(records.ShardDirectory('DIR').read(0))"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import re
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from reasonclip_jax.errors import UserError
+
+FORMAT_VERSION = 1
+MAGIC = b"RCR1"
+CATEGORIES = ("S", "A", "H", "T", "P")  # index order of the release
+CATEGORY_NAMES = ("spatial", "attribute_state", "human_action", "temporal_phase", "physical")
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One decoded example. `image` holds the encoded image bytes."""
+
+    id: str
+    source: str
+    key: str
+    image: bytes
+    width: int = 0
+    height: int = 0
+    desc: tuple[str, ...] = ()
+    reason: tuple[str, ...] = ()
+    cat_caption: str | None = None
+    cat_label: int | None = None
+    image_labels: tuple[int, ...] = ()
+    sets: tuple[dict[str, Any], ...] = ()
+
+
+_HEADER_KEYS = (
+    "id", "source", "key", "width", "height", "desc", "reason",
+    "cat_caption", "cat_label", "image_labels", "sets",
+)
+
+
+def encode_record(record: Record) -> bytes:
+    """Serialises a `Record` deterministically (same record -> same bytes)."""
+    header = {k: getattr(record, k) for k in _HEADER_KEYS}
+    for k in ("desc", "reason", "image_labels", "sets"):
+        header[k] = list(header[k])
+    blob = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return MAGIC + struct.pack("<I", len(blob)) + blob + record.image
+
+
+def decode_record(data: bytes) -> Record:
+    """Parses bytes written by `encode_record`; raises ValueError on corrupt input."""
+    if len(data) < 8 or data[:4] != MAGIC:
+        raise ValueError("not a reasonclip record (bad magic)")
+    (n,) = struct.unpack("<I", data[4:8])
+    if 8 + n > len(data):
+        raise ValueError("truncated reasonclip record header")
+    try:
+        h = json.loads(data[8 : 8 + n].decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"corrupt reasonclip record header: {e}") from e
+    return Record(
+        id=h["id"], source=h["source"], key=h["key"], image=bytes(data[8 + n :]),
+        width=h["width"], height=h["height"], desc=tuple(h["desc"]), reason=tuple(h["reason"]),
+        cat_caption=h["cat_caption"], cat_label=h["cat_label"],
+        image_labels=tuple(h["image_labels"]), sets=tuple(h["sets"]),
+    )
+
+
+def shard_name(split: str, shard: int, num_shards: int) -> str:
+    return f"{split}-{shard:05d}-of-{num_shards:05d}.array_record"
+
+
+def shard_paths(directory: str, split: str) -> list[str]:
+    """The split's shard files in a directory, in shard order."""
+    return sorted(glob.glob(os.path.join(directory, f"{split}-?????-of-?????.array_record")))
+
+
+def natural_key(text: str) -> tuple[tuple[int, Any], ...]:
+    """Sort key that orders embedded numbers by value: "f:9" before "f:10" (record keys),
+    "2.tar" before "10.tar" (shard names). Tagged so a number never compares with text."""
+    # isdecimal, not isdigit: "²" is a digit int() rejects, and re's \d never splits it out.
+    return tuple((0, int(t)) if t.isdecimal() else (1, t) for t in re.split(r"(\d+)", text) if t)
+
+
+def read_manifest(directory: str) -> dict[str, Any]:
+    """Loads DIR/manifest.json and checks its format version."""
+    path = os.path.join(directory, "manifest.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{directory} is not a shard directory: no manifest.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UserError(
+            f"{path}: record format version {version}, this code reads version {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+class ShardDirectory:
+    """Random access to the records of one split of a shard directory.
+
+    Wraps array_record's random-access data source; `len()` and `[i]` give raw bytes
+    (what Grain reads), `read(i)` gives a decoded `Record`.
+    """
+
+    def __init__(self, directory: str, split: str = "train"):
+        from array_record.python import array_record_data_source
+
+        self.directory = directory
+        self.split = split
+        self.manifest = read_manifest(directory)
+        self.paths = shard_paths(directory, split)
+        if not self.paths:
+            raise UserError(f"{directory}: no shards for split '{split}'")
+        self.source = array_record_data_source.ArrayRecordDataSource(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> bytes:
+        return self.source[index]
+
+    def read(self, index: int) -> Record:
+        return decode_record(self.source[index])
+
+    def read_all(self) -> Sequence[Record]:
+        return [self.read(i) for i in range(len(self))]

@@ -1,0 +1,59 @@
+"""The Encoder: batched, jitted image and text embeddings of a CLIP's parameters.
+
+The trainer builds one for its evaluations (params change, the compiled towers stay), and
+`evaluate` / `encode` build one from a checkpoint. Evaluators see it as an `Embedder`.
+
+    python -m reasonclip_jax.encode --checkpoint CKPT --texts-file t.txt --output e.npz
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reasonclip_jax.models import tokenizer
+from reasonclip_jax.models.clip import CLIP, ModelConfig
+
+
+class Encoder:
+    """Batched, jitted embedding with fixed batch shapes (one compile per tower).
+
+    With `mesh`, params may be sharded global arrays (as in the trainer, also across
+    processes); inputs are taken as identical on every process and results come back
+    replicated, so every process gets all embeddings.
+    """
+
+    def __init__(self, params: Any, config: ModelConfig, batch_size: int = 64,
+                 mesh: jax.sharding.Mesh | None = None, dtype: Any = jnp.float32):
+        self.params, self.config, self.batch_size = params, config, batch_size
+        model = CLIP(config, dtype=dtype)
+        out = {} if mesh is None else {"out_shardings": jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec())}
+        self._image = jax.jit(
+            lambda p, x: model.apply({"params": p}, images=x)["image_embeds"], **out)
+        self._text = jax.jit(
+            lambda p, t: model.apply({"params": p}, tokens=t)["text_embeds"], **out)
+
+    @property
+    def image_size(self) -> int:
+        """The side of the square images `images` takes (see `evaluators.common.Embedder`)."""
+        return self.config.image_size
+
+    def _batched(self, fn: Any, inputs: np.ndarray) -> np.ndarray:
+        outs = []
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = inputs[start : start + self.batch_size]
+            pad = self.batch_size - len(chunk)
+            padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(np.asarray(fn(self.params, padded))[: len(chunk)])
+        return np.concatenate(outs) if outs else np.zeros((0, self.config.embed_dim), np.float32)
+
+    def images(self, pixels: np.ndarray) -> np.ndarray:
+        return self._batched(self._image, pixels)
+
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self._batched(self._text, tokenizer.tokenize(texts, self.config.context_length))

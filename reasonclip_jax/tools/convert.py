@@ -1,0 +1,233 @@
+"""Weight import from and export to PyTorch CLIP checkpoints.
+
+    python -m reasonclip_jax.convert import --format hf --input HF_DIR --output CKPT_DIR
+    python -m reasonclip_jax.convert import --format openai --input ViT-B-32.pt --output CKPT_DIR
+    python -m reasonclip_jax.convert export --format hf --input CKPT_DIR --output HF_DIR
+    python -m reasonclip_jax.convert export --format openai --input CKPT_DIR --output w.safetensors
+
+`hf`: a transformers `CLIPModel` directory (config.json + model.safetensors, sharded
+safetensors with an index, or pytorch_model.bin). `openai`: OpenAI's released TorchScript
+`.pt` archives or plain state dicts in OpenAI/open_clip naming (`.pt` or `.safetensors`).
+Safetensors are read and written without torch; only `.pt`/`.bin` files need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+from reasonclip_jax.errors import UserError
+from reasonclip_jax.models import weight_maps
+from reasonclip_jax.models.clip import CLIP, ModelConfig, param_shapes
+from reasonclip_jax.tools import cli
+from reasonclip_jax.train import checkpoint
+
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+# ------------------------------------------------------------------------- reading files
+
+
+def _torch_to_numpy(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    import torch
+
+    out = {}
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor):
+            v = v.detach().cpu()
+            out[k] = (v.float() if v.dtype == torch.bfloat16 else v).numpy()
+    return out
+
+
+def read_torch_file(path: str) -> dict[str, np.ndarray]:
+    """A `.pt`/`.bin` file: a TorchScript archive (OpenAI's release) or a pickled state dict."""
+    try:
+        import torch
+    except ImportError as e:
+        raise UserError(f"reading {path} needs torch: pip install torch") from e
+    try:  # OpenAI's own loader tries TorchScript first too.
+        return _torch_to_numpy(torch.jit.load(path, map_location="cpu").state_dict())
+    except Exception:
+        pass
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a PyTorch checkpoint ({type(e).__name__})") from None
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]  # open_clip training checkpoints
+    if not isinstance(obj, Mapping):
+        raise UserError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    state = _torch_to_numpy(obj)
+    if state and all(k.startswith("module.") for k in state):  # saved from DDP
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+    if not os.path.isfile(path):
+        raise UserError(f"weights file {path} does not exist")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"weights file {path} is empty")
+    if path.endswith(".safetensors"):
+        return read_safetensors(path)
+    if path.endswith((".pt", ".pth", ".bin")):
+        return read_torch_file(path)
+    raise UserError(f"{path}: unknown weights file type; expected .safetensors, .pt or .bin")
+
+
+def read_hf_dir(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(state dict, config.json) of a transformers CLIPModel directory."""
+    if not os.path.isdir(path):
+        raise UserError(f"{path} is not a directory; --format hf expects a CLIPModel directory")
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise UserError(f"{path} has no config.json; not a Hugging Face model directory")
+    with open(config_path) as f:
+        config = json.load(f)
+    if config.get("model_type") != "clip":
+        raise UserError(f"{config_path}: model_type is {config.get('model_type')!r}, not 'clip'")
+    for name in HF_WEIGHT_FILES:
+        weights = os.path.join(path, name)
+        if not os.path.isfile(weights):
+            continue
+        if name.endswith(".index.json"):
+            with open(weights) as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+            state: dict[str, np.ndarray] = {}
+            for shard in files:
+                state.update(read_state_dict(os.path.join(path, shard)))
+            return state, config
+        return read_state_dict(weights), config
+    raise UserError(f"{path} has none of {list(HF_WEIGHT_FILES)}")
+
+
+# ------------------------------------------------------------------------- import / export
+
+
+def _flat_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    shapes = traverse_util.flatten_dict(param_shapes(CLIP(config)), sep="/")
+    return {k: tuple(v.shape) for k, v in shapes.items()}
+
+
+def import_state_dict(fmt: str, state: Mapping[str, np.ndarray],
+                      hf_config: Mapping[str, Any] | None = None,
+                      **overrides: Any) -> tuple[dict[str, Any], ModelConfig]:
+    """External state dict -> (nested float32 params, inferred ModelConfig)."""
+    config = weight_maps.infer_config(fmt, state, hf_config, **overrides)
+    shapes = _flat_shapes(config)
+    flat = weight_maps.to_ours(fmt, config, state, shapes)
+    missing = set(shapes) - set(flat)
+    if missing:  # the map must cover the whole model
+        raise AssertionError(f"conversion map misses parameters {sorted(missing)}")
+    return traverse_util.unflatten_dict(flat, sep="/"), config
+
+
+def export_state_dict(fmt: str, params: Any, config: ModelConfig,
+                      dtype: Any = np.float32) -> dict[str, np.ndarray]:
+    """Nested params -> external state dict. Category heads (training only) are dropped."""
+    if fmt == "hf" and config.logit_bias_init is not None:
+        raise UserError("a model with a logit bias has no Hugging Face CLIPModel equivalent")
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return weight_maps.to_theirs(fmt, config, flat, dtype)
+
+
+def import_weights(fmt: str, path: str, output: str, **overrides: Any) -> ModelConfig:
+    """Reads external weights at `path`, writes a project checkpoint to `output`."""
+    if fmt == "hf":
+        state, hf_config = read_hf_dir(path)
+    elif fmt == "openai":
+        state, hf_config = read_state_dict(path), None
+    else:
+        raise UserError(f"unknown format '{fmt}'; choose one of {list(weight_maps.FORMATS)}")
+    params, config = import_state_dict(fmt, state, hf_config, **overrides)
+    checkpoint.save_model(output, params, config)
+    return config
+
+
+def _write_state(state: Mapping[str, np.ndarray], path: str) -> None:
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+
+        save_file(dict(state), path, metadata={"format": "pt"})
+    elif path.endswith((".pt", ".pth", ".bin")):
+        import torch
+
+        torch.save({k: torch.from_numpy(np.array(v, order="C")) for k, v in state.items()}, path)
+    else:
+        raise UserError(f"{path}: unknown output type; use .safetensors or .pt")
+
+
+def export_weights(fmt: str, ckpt: str, output: str, dtype: str = "float32") -> None:
+    """Writes a project checkpoint as an HF CLIPModel directory or an OpenAI-named file."""
+    np_dtype = {"float32": np.float32, "float16": np.float16}.get(dtype)
+    if np_dtype is None:
+        raise UserError(f"unknown export dtype '{dtype}'; choose float32 or float16")
+    params, config = checkpoint.load_model(ckpt)
+    if fmt not in weight_maps.FORMATS:
+        raise UserError(f"unknown format '{fmt}'; choose one of {list(weight_maps.FORMATS)}")
+    state = export_state_dict(fmt, params, config, np_dtype)
+    if fmt == "hf":
+        if os.path.exists(output) and os.listdir(output):
+            raise UserError(f"{output} exists and is not empty")
+        os.makedirs(output, exist_ok=True)
+        hf_config = weight_maps.hf_config_json(config)
+        hf_config["torch_dtype"] = dtype
+        with open(os.path.join(output, "config.json"), "w") as f:
+            json.dump(hf_config, f, indent=2)
+        _write_state(state, os.path.join(output, "model.safetensors"))
+    else:
+        if os.path.isdir(output):
+            raise UserError(f"{output} is a directory; --format openai writes one file")
+        _write_state(state, output)
+
+
+# ------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = cli.ArgumentParser(prog="python -m reasonclip_jax.convert", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="PyTorch weights -> project checkpoint")
+    exp = sub.add_parser("export", help="project checkpoint -> PyTorch weights")
+    for p in (imp, exp):
+        p.add_argument("--format", required=True, help="hf or openai")
+        p.add_argument("--input", required=True)
+        p.add_argument("--output", required=True)
+    imp.add_argument("--vision-heads", type=int, help="default: HF config, else width // 64")
+    imp.add_argument("--text-heads", type=int, help="default: HF config, else width // 64")
+    imp.add_argument("--act", help="quick_gelu (OpenAI), gelu (most open_clip models)")
+    exp.add_argument("--dtype", default="float32", help="float32 or float16")
+    return parser.parse_args(argv)
+
+
+@cli.entry_point
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.command == "import":
+        config = import_weights(args.format, args.input, args.output,
+                                vision_heads=args.vision_heads, text_heads=args.text_heads,
+                                act=args.act)
+        print(f"wrote {args.output}: {config}")
+    else:
+        export_weights(args.format, args.input, args.output, args.dtype)
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
