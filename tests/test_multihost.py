@@ -11,7 +11,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from test_train import final_params, logged, small_config
+from test_trainer import final_params, logged, small_config
 
 from reasonclip_jax.train import checkpoint, trainer
 

@@ -99,26 +99,17 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
-import glob
 import math
-import os
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
-from absl import logging
-from grain.multiprocessing import SharedMemoryArray
 
-from reasonclip_jax.data import records, shared_blocks, transforms, views
+from reasonclip_jax.data import batching, examples, shared_blocks, transforms, views
 from reasonclip_jax.errors import UserError
 
-TokenizeFn = Callable[[Sequence[str], int], np.ndarray]
-AUGMENTS = ("random_resized_crop", "center_crop")
-IMAGE_DTYPES = ("uint8", "float32")
-# A record is skipped on these; anything else (a bug, an unreadable shard) still raises.
-_RECORD_ERRORS = (KeyError, TypeError, *transforms.DECODE_ERRORS)
 _MIN_SHM_BYTES = 64 * 1024
 
 
@@ -148,315 +139,6 @@ def get_config() -> ml_collections.ConfigDict:
             prefetch=2,
         )
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Sources.
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """The shard files of one `data_dirs` entry, and where its records sit in `record_index`."""
-
-    pattern: str
-    paths: tuple[str, ...]
-    num_records: int
-    record_offset: int
-
-
-def open_sources(data_dirs: Sequence[str], split: str) -> list[Source]:
-    """Resolves `data_dirs` entries to shard files, checking each directory's manifest."""
-    if not data_dirs:
-        raise UserError("input.data_dirs is empty: give at least one shard directory")
-    sources, offset = [], 0
-    for pattern in data_dirs:
-        paths = _shard_files(pattern, split)
-        num_records = len(_array_record_source(paths))
-        if num_records == 0:
-            raise UserError(f"{pattern}: the '{split}' shards hold no records")
-        sources.append(Source(pattern, tuple(paths), num_records, offset))
-        offset += num_records
-    return sources
-
-
-def _shard_files(pattern: str, split: str) -> list[str]:
-    matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-    if not matches:
-        raise UserError(f"input.data_dirs entry {pattern} matches nothing")
-    paths = []
-    for match in matches:
-        if os.path.isdir(match):
-            records.read_manifest(match)
-            found = records.shard_paths(match, split)
-            if not found:
-                raise UserError(f"{match}: no shards for split '{split}'")
-            paths.extend(found)
-        elif match.endswith(".array_record") and os.path.isfile(match):
-            records.read_manifest(os.path.dirname(match) or ".")
-            paths.append(match)
-        else:
-            raise UserError(f"{match} is neither a shard directory nor an .array_record file")
-    return paths
-
-
-def _array_record_source(paths: Sequence[str]) -> Any:
-    from array_record.python import array_record_data_source
-
-    return array_record_data_source.ArrayRecordDataSource(list(paths))
-
-
-def _check_view(source: Source, view: views.View) -> None:
-    """Fails early, in one line, when a source's records cannot serve the view at all."""
-    data = _array_record_source(source.paths)
-    for index in range(min(16, source.num_records)):
-        try:
-            record = records.decode_record(data[index])
-        except (ValueError, KeyError, TypeError):
-            continue
-        try:
-            view.check(record)
-        except ValueError as e:
-            raise UserError(
-                f"{source.pattern}: {type(view).__name__} cannot use its records: {e}"
-            ) from None
-        return
-    raise UserError(f"{source.pattern}: none of its first records decodes; is it a shard dir?")
-
-
-# ---------------------------------------------------------------------------------------------
-# Record -> example (runs in grain workers; everything here must pickle).
-
-
-class Skipped(NamedTuple):
-    """Stands for a record that could not be used, so the batcher can count it."""
-
-    record_index: int
-
-
-def _clip_tokenize(texts: Sequence[str], context_length: int) -> np.ndarray:
-    from reasonclip_jax.models.tokenizer import tokenize  # imported where it runs: in the worker
-
-    return tokenize(list(texts), context_length)
-
-
-@dataclasses.dataclass(frozen=True)
-class ExampleReader:
-    """Reads item (source, epoch, index in the view's space) -> example dict or `Skipped`.
-
-    Examples carry uint8 pixels; `collate` normalises whole batches if asked.
-    """
-
-    sources: tuple[Source, ...]
-    view: views.View
-    image_size: int
-    context_length: int
-    augment: str  # "random_resized_crop" | "center_crop"
-    rrc_scale: tuple[float, float]
-    rrc_ratio: tuple[float, float]
-    hflip: bool
-    seed: int
-    tokenize_fn: TokenizeFn
-
-    @functools.cached_property
-    def _data(self) -> list[Any]:
-        return [_array_record_source(s.paths) for s in self.sources]
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop("_data", None)  # open the shards again in the worker
-        return state
-
-    def __call__(self, item: tuple[int, int, int]) -> dict[str, np.ndarray] | Skipped:
-        source_id, epoch, index = item
-        source = self.sources[source_id]
-        record_id, variant = divmod(index, self.view.examples_per_record)
-        record_index = source.record_offset + record_id
-        data = self._data[source_id][record_id]  # outside the try: a read error is no skip
-        try:
-            record = records.decode_record(data)
-            self.view.check(record)
-            image = transforms.decode_image(record.image)
-        except _RECORD_ERRORS as e:
-            logging.warning("skipping record %d of %s: %s", record_id, source.pattern, e)
-            return Skipped(record_index)
-        if self.augment == "center_crop":
-            pixels = transforms.eval_pixels(image, self.image_size)
-        else:
-            rng = np.random.default_rng([self.seed, source_id, epoch, index])
-            pixels = transforms.train_pixels(
-                image, self.image_size, rng, self.rrc_scale, self.rrc_ratio, self.hflip
-            )
-        texts = self.view.texts(record, variant, self.seed, epoch, record_index)
-        tokens = np.asarray(self.tokenize_fn(texts, self.context_length), np.int32)
-        return {
-            "image": pixels,
-            **dict(zip(self.view.text_keys, tokens, strict=True)),
-            **self.view.labels(record),
-            "record_index": np.int64(record_index),
-        }
-
-    def padding(self) -> dict[str, np.ndarray]:
-        """An all-zero example (record_index -1) with the shapes of a real one."""
-        size, length = self.image_size, self.context_length
-        return {
-            "image": np.zeros((size, size, 3), np.uint8),
-            **{k: np.zeros(length, np.int32) for k in self.view.text_keys},
-            **self.view.label_zeros(),
-            "record_index": np.int64(-1),
-        }
-
-
-def _host_normalizes(cfg: ml_collections.ConfigDict) -> bool:
-    if cfg.image_dtype not in IMAGE_DTYPES:
-        raise UserError(f"input.image_dtype '{cfg.image_dtype}': use one of "
-                        f"{', '.join(IMAGE_DTYPES)}")
-    return cfg.image_dtype == "float32"
-
-
-def _make_reader(cfg: ml_collections.ConfigDict, view: views.View, sources: Sequence[Source],
-                 augment: str, tokenize_fn: TokenizeFn | None) -> ExampleReader:
-    if augment not in AUGMENTS:
-        raise UserError(f"input.augment '{augment}': use one of {', '.join(AUGMENTS)}")
-    if cfg.shuffle_seed < 0:
-        raise UserError(f"input.shuffle_seed {cfg.shuffle_seed}: use a non-negative integer")
-    for source in sources:
-        _check_view(source, view)
-    return ExampleReader(
-        sources=tuple(sources), view=view, image_size=cfg.image_size,
-        context_length=cfg.context_length, augment=augment,
-        rrc_scale=tuple(cfg.rrc_scale), rrc_ratio=tuple(cfg.rrc_ratio), hflip=cfg.hflip,
-        seed=cfg.shuffle_seed, tokenize_fn=tokenize_fn or _clip_tokenize,
-    )
-
-
-def collate(
-    rows: Sequence[dict[str, np.ndarray]], normalize: bool, out: np.ndarray | None = None
-) -> dict[str, np.ndarray]:
-    """Stacks examples along a new batch axis; with `normalize`, uint8 images become float32.
-
-    The images are written into `out` when given (a worker's shared-memory block).
-    """
-    batch = {key: np.stack([row[key] for row in rows]) for key in rows[0] if key != "image"}
-    if normalize:
-        pixels = np.stack([row["image"] for row in rows])
-        batch["image"] = transforms.normalize(pixels, out=out)
-    else:
-        batch["image"] = np.stack([row["image"] for row in rows], out=out)
-    return batch
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchMemory:
-    """Where batches are built: in this process, or in a grain worker for the trainer.
-
-    In a worker (`shared`), images go straight into shared memory: with `max_blocks`, one of
-    the worker's reusable blocks (`shared_blocks`), and the batch carries the block's
-    `BlockRef`, which `shared_blocks.OpenBlocksIterDataset` opens in the trainer process;
-    with `max_blocks=0`, a fresh grain `SharedMemoryArray` per batch (grain's stock path).
-    """
-
-    shared: bool
-    normalize: bool
-    max_blocks: int = 0
-
-    def make_batch(
-        self, rows: Sequence[dict[str, np.ndarray]], blank: np.ndarray | None = None
-    ) -> dict[str, Any]:
-        """`collate(rows)`, with the image rows in `blank` set to zero."""
-        out, ref = None, None
-        if self.shared:
-            shape = (len(rows), *rows[0]["image"].shape)
-            dtype = np.float32 if self.normalize else np.uint8
-            blocks = shared_blocks.worker_blocks(self.max_blocks) if self.max_blocks else None
-            if blocks is None:
-                out = SharedMemoryArray(shape, dtype)
-            else:
-                ref, out = blocks.take(shape, dtype)
-        batch = collate(rows, self.normalize, out)
-        if blank is not None:
-            batch["image"][blank] = 0  # zero after normalisation too
-        if ref is not None:
-            batch["image"] = ref
-        return batch
-
-
-# ---------------------------------------------------------------------------------------------
-# Batching that skips and counts, and the running count.
-
-
-class SkippingBatchIterDataset(grain.IterDataset):
-    """Batches examples, leaving out `Skipped` markers and counting them in the batch.
-
-    Each batch's `skipped_records` is the number of markers met while filling it; an
-    incomplete last batch is dropped (with a warning if it met skipped records).
-    """
-
-    def __init__(self, parent: grain.IterDataset, batch_size: int, memory: BatchMemory):
-        super().__init__(parent)
-        self._batch_size = batch_size
-        self._memory = memory
-
-    def __iter__(self) -> grain.DatasetIterator:
-        return _SkippingBatchIterator(self._parent.__iter__(), self._batch_size, self._memory)
-
-    def __str__(self) -> str:
-        return f"SkippingBatchIterDataset(batch_size={self._batch_size})"
-
-
-# Batches are built from whole parent elements, so the parent's state is the state.
-class _SkippingBatchIterator(shared_blocks.PassThroughStateIterator):
-    def __init__(self, parent: grain.DatasetIterator, batch_size: int, memory: BatchMemory):
-        super().__init__(parent)
-        self._batch_size = batch_size
-        self._memory = memory
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        rows, skipped = [], 0
-        while len(rows) < self._batch_size:
-            try:
-                element = next(self._parent)
-            except StopIteration:
-                if skipped:
-                    logging.warning("end of data: %d skipped records in a dropped batch", skipped)
-                raise
-            if isinstance(element, Skipped):
-                skipped += 1
-            else:
-                rows.append(element)
-        batch = self._memory.make_batch(rows)
-        batch["skipped_records"] = np.int64(skipped)
-        return batch
-
-
-
-class RunningSkipCountIterDataset(grain.IterDataset):
-    """Turns per-batch `skipped_records` into this process's running total.
-
-    Runs in the trainer process, after the workers, so the total covers all of them; it is
-    part of the iterator state, so it survives checkpoint restores.
-    """
-
-    def __iter__(self) -> grain.DatasetIterator:
-        return _RunningSkipCountIterator(self._parent.__iter__())
-
-
-class _RunningSkipCountIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator):
-        super().__init__(parent)
-        self._skipped = 0
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = dict(next(self._parent))
-        self._skipped += int(batch["skipped_records"])
-        batch["skipped_records"] = np.int64(self._skipped)
-        return batch
-
-    def get_state(self) -> dict[str, Any]:
-        return {"pipeline": self._parent.get_state(), "skipped_records": self._skipped}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._parent.set_state(state["pipeline"])
-        self._skipped = int(state["skipped_records"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,11 +187,11 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _batch_memory(cfg: ml_collections.ConfigDict) -> BatchMemory:
+def _batch_memory(cfg: ml_collections.ConfigDict) -> batching.BatchMemory:
     # A worker's blocks in flight: its buffer, the batch grain's reader thread holds, the
     # trainer's prefetch buffer and the batches the trainer is using.
     max_blocks = cfg.worker_buffer_size + cfg.prefetch + 4
-    return BatchMemory(cfg.worker_count > 0, _host_normalizes(cfg),
+    return batching.BatchMemory(cfg.worker_count > 0, examples.host_normalizes(cfg),
                        max_blocks if cfg.reuse_worker_blocks else 0)
 
 
@@ -528,7 +210,7 @@ def _finish(ds: grain.IterDataset, cfg: ml_collections.ConfigDict) -> grain.Iter
     )
     if cfg.worker_count > 0 and cfg.reuse_worker_blocks:
         ds = shared_blocks.OpenBlocksIterDataset(ds)
-    ds = RunningSkipCountIterDataset(ds)
+    ds = batching.RunningSkipCountIterDataset(ds)
     if cfg.prefetch:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=cfg.prefetch)
     return ds
@@ -546,7 +228,7 @@ def make_train_dataset(
     *,
     process_index: int | None = None,
     process_count: int | None = None,
-    tokenize_fn: TokenizeFn | None = None,
+    tokenize_fn: examples.TokenizeFn | None = None,
     start_position: int = 0,
 ) -> grain.IterDataset:
     """The training pipeline of the module docstring, for one process, of `view`'s examples
@@ -560,8 +242,8 @@ def make_train_dataset(
     process_index, process_count, local_batch = _process_layout(
         cfg.batch_size, process_index, process_count
     )
-    sources = open_sources(cfg.data_dirs, cfg.split)
-    reader = _make_reader(cfg, view, sources, cfg.augment, tokenize_fn)
+    sources = examples.open_sources(cfg.data_dirs, cfg.split)
+    reader = examples.make_reader(cfg, view, sources, cfg.augment, tokenize_fn)
     per_source = []
     for source_id, source in enumerate(sources):
         epoch_size = source.num_records * reader.view.examples_per_record
@@ -576,7 +258,7 @@ def make_train_dataset(
     if start_position:
         ds = ds[start_position:]
     ds = ds[process_index::process_count].map(reader)
-    ds = SkippingBatchIterDataset(ds.to_iter_dataset(_read_options(cfg)), local_batch,
+    ds = batching.SkippingBatchIterDataset(ds.to_iter_dataset(_read_options(cfg)), local_batch,
                                   _batch_memory(cfg))
     return _finish(ds, cfg)
 
@@ -595,23 +277,23 @@ def make_train_iterator(cfg: ml_collections.ConfigDict, view: views.View, **kwar
 class _EvalBatchBuilder:
     """Builds this process's part of global eval batch j, padding and masking as needed."""
 
-    reader: ExampleReader
+    reader: examples.ExampleReader
     starts: tuple[int, ...]  # first position of each source in the concatenated space
     total: int
     global_batch: int
     local_batch: int
     process_index: int
-    memory: BatchMemory
+    memory: batching.BatchMemory
 
     def __call__(self, batch_id: int) -> dict[str, np.ndarray]:
         rows, skipped = [], 0
         first = batch_id * self.global_batch + self.process_index * self.local_batch
         for position in range(first, first + self.local_batch):
-            row: dict[str, np.ndarray] | Skipped | None = None
+            row: dict[str, np.ndarray] | examples.Skipped | None = None
             if position < self.total:
                 source_id = bisect.bisect_right(self.starts, position) - 1
                 row = self.reader((source_id, 0, position - self.starts[source_id]))
-                skipped += isinstance(row, Skipped)
+                skipped += isinstance(row, examples.Skipped)
             if isinstance(row, dict):
                 rows.append({**row, "mask": np.True_})
             else:
@@ -622,7 +304,7 @@ class _EvalBatchBuilder:
         return batch
 
 
-def _eval_layout(cfg: ml_collections.ConfigDict, sources: Sequence[Source],
+def _eval_layout(cfg: ml_collections.ConfigDict, sources: Sequence[examples.Source],
                  view: views.View) -> tuple[tuple[int, ...], int, int]:
     sizes = [s.num_records * view.examples_per_record for s in sources]
     starts = tuple(int(x) for x in np.cumsum([0, *sizes[:-1]]))
@@ -632,7 +314,7 @@ def _eval_layout(cfg: ml_collections.ConfigDict, sources: Sequence[Source],
 
 def num_eval_batches(cfg: ml_collections.ConfigDict, view: views.View) -> int:
     """Batches every process gets from `make_eval_iterator(cfg, view)`."""
-    sources = open_sources(cfg.data_dirs, cfg.split)
+    sources = examples.open_sources(cfg.data_dirs, cfg.split)
     return _eval_layout(cfg, sources, view)[2]
 
 
@@ -642,7 +324,7 @@ def make_eval_dataset(
     *,
     process_index: int | None = None,
     process_count: int | None = None,
-    tokenize_fn: TokenizeFn | None = None,
+    tokenize_fn: examples.TokenizeFn | None = None,
 ) -> grain.IterDataset:
     """The evaluation pipeline of the module docstring: one pass, padded, masked.
 
@@ -653,8 +335,8 @@ def make_eval_dataset(
     process_index, process_count, local_batch = _process_layout(
         cfg.batch_size, process_index, process_count
     )
-    sources = open_sources(cfg.data_dirs, cfg.split)
-    reader = _make_reader(cfg, view, sources, "center_crop", tokenize_fn)
+    sources = examples.open_sources(cfg.data_dirs, cfg.split)
+    reader = examples.make_reader(cfg, view, sources, "center_crop", tokenize_fn)
     starts, total, num_batches = _eval_layout(cfg, sources, reader.view)
     builder = _EvalBatchBuilder(
         reader, starts, total, cfg.batch_size, local_batch, process_index, _batch_memory(cfg)
