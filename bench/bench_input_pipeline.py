@@ -30,7 +30,8 @@ N cores give at least N / 1.15 bare loops. The last line measures what the worke
 shared-memory blocks (`shared_blocks`) save: a new block per batch costs the kernel's
 allocating and zeroing its pages (cheap on bare metal, about 1 ms per MB in some VMs).
 
-    python bench/bench_input_pipeline.py [--images 64] [--batch 32] [--rounds 80] [--all]
+    python bench/bench_input_pipeline.py [--images 64] [--batch 32] [--rounds 80] [--all] \
+        [--compare-blocks]
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class BareLoop:
     def __init__(self, directory: str, batch: int, normalize: bool):
         paths = records.shard_paths(directory, "train")
         self.source = array_record_data_source.ArrayRecordDataSource(paths)
-        self.view = views.make_view("stage1")
+        self.view = views.CaptionPairsView()
         self.order = np.random.default_rng(0).permutation(len(self.source) * 9)
         self.position, self.batch, self.normalize = 0, batch, normalize
 
@@ -145,17 +146,18 @@ class BareLoop:
         return time.perf_counter() - start_wall, cpu_seconds() - start_cpu
 
 
-def make_pipeline(
-    directory: str, batch: int, workers: int, read_threads: int, image_dtype: str
-) -> Any:
+def make_pipeline(directory: str, batch: int, workers: int, read_threads: int,
+                  image_dtype: str, reuse_blocks: bool) -> Any:
     """`make_train_iterator` over the same shards, with `workers` grain worker processes."""
     cfg = pipeline.get_config()
     cfg.update(dict(
-        data_dirs=[directory], view="stage1", batch_size=batch, image_size=CROP,
-        image_dtype=image_dtype, context_length=CONTEXT, shuffle_seed=0, worker_count=workers,
-        worker_buffer_size=1, read_threads=read_threads, read_buffer_size=2 * batch, prefetch=1,
+        data_dirs=[directory], batch_size=batch, image_size=CROP, image_dtype=image_dtype,
+        context_length=CONTEXT, shuffle_seed=0, worker_count=workers, worker_buffer_size=1,
+        read_threads=read_threads, read_buffer_size=2 * batch, prefetch=1,
+        reuse_worker_blocks=reuse_blocks,
     ))
-    return pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
+    return pipeline.make_train_iterator(cfg, views.CaptionPairsView(), process_index=0,
+                                        process_count=1)
 
 
 def runnable_threads() -> int:
@@ -269,14 +271,17 @@ def print_table(runs: dict[str, list[tuple[float, float]]],
     return overheads
 
 
-# (workers, read threads per process, counted in the target): the recommended settings, and
-# (with --all) read threads in the trainer process, which contend for the GIL.
-SETUPS = ((0, 0, True), (1, 0, True), (2, 0, True))
-EXTRA_SETUPS = ((0, 2, False),)
+# (workers, read threads per process, reuse worker blocks, counted in the target): the
+# recommended settings; with --all read threads in the trainer process, which contend for
+# the GIL; with --compare-blocks workers on grain's stock path (a fresh block per batch).
+SETUPS = ((0, 0, True, True), (1, 0, True, True), (2, 0, True, True))
+EXTRA_SETUPS = ((0, 2, True, False),)
+FRESH_BLOCK_SETUPS = ((1, 0, False, False), (2, 0, False, False))
 
 
-def setup_name(dtype: str, workers: int, threads: int) -> str:
-    return f"pipeline, {dtype}, {workers} workers" + (f", {threads} threads" if threads else "")
+def setup_name(dtype: str, workers: int, threads: int, reuse: bool) -> str:
+    return (f"pipeline, {dtype}, {workers} workers" + (f", {threads} threads" if threads else "")
+            + ("" if reuse else ", fresh blocks"))
 
 
 def main() -> None:
@@ -286,12 +291,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=80)
     parser.add_argument("--all", action="store_true",
                         help="also float32 images and 0 workers with 2 read threads")
+    parser.add_argument("--compare-blocks", action="store_true",
+                        help="also 1 and 2 workers with input.reuse_worker_blocks=False")
     args = parser.parse_args()
     num_images = args.images // args.batch * args.batch
     dtypes = ("uint8", "float32") if args.all else ("uint8",)  # the default first
-    setups = SETUPS + EXTRA_SETUPS if args.all else SETUPS
+    setups = (SETUPS + (EXTRA_SETUPS if args.all else ())
+              + (FRESH_BLOCK_SETUPS if args.compare_blocks else ()))
     bare = {d: f"bare loop, {d} (1 process)" for d in dtypes}
-    piped = {(d, w, t): setup_name(d, w, t) for d in dtypes for w, t, _ in setups}
+    piped = {(d, w, t, r): setup_name(d, w, t, r) for d in dtypes for w, t, r, _ in setups}
     runs: dict[str, list[tuple[float, float]]] = {n: [] for n in [*bare.values(), *piped.values()]}
     pairs: dict[str, list[tuple[float, float]]] = {name: [] for name in piped.values()}
     with tempfile.TemporaryDirectory() as directory:
@@ -308,15 +316,14 @@ def main() -> None:
 
         # One dtype at a time: fewer idle pipelines, whose little polling CPU would count.
         for dtype in dtypes:
-            pipelines = {
-                (w, t): make_pipeline(directory, args.batch, w, t, dtype) for w, t, _ in setups
-            }
+            pipelines = {(w, t, r): make_pipeline(directory, args.batch, w, t, dtype, r)
+                         for w, t, r, _ in setups}
             for iterator in pipelines.values():
                 next(iterator)  # start the workers outside the measurements
             for _ in range(args.rounds):
                 before = run_bare(dtype)
-                for (workers, threads), iterator in pipelines.items():
-                    name = piped[dtype, workers, threads]  # between two bare runs
+                for (workers, threads, reuse), iterator in pipelines.items():
+                    name = piped[dtype, workers, threads, reuse]  # between two bare runs
                     runs[name].append(measure(iterator, num_images, args.batch))
                     after = run_bare(dtype)
                     pairs[name].append((runs[name][-1][1], (before + after) / 2))
@@ -328,10 +335,11 @@ def main() -> None:
           f"{'90% CI':>20}  rounds")
     overheads = {}
     for dtype in dtypes:
-        names = [bare[dtype], *(piped[dtype, w, t] for w, t, _ in setups)]
+        names = [bare[dtype], *(piped[dtype, w, t, r] for w, t, r, _ in setups)]
         overheads.update(print_table({n: runs[n] for n in names}, pairs, num_images))
     for dtype in dtypes:
-        counted = [overheads[piped[dtype, w, t]] for w, t, in_target in setups if in_target]
+        counted = [overheads[piped[dtype, w, t, r]] for w, t, r, in_target in setups
+                   if in_target]
         worst = max(counted)
         verdict = "holds" if worst <= 0.15 else "does NOT hold"
         default = " (the default)" if dtype == dtypes[0] else ""

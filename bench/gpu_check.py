@@ -49,7 +49,7 @@ def train_step_mfu(preset: str, batch: int, steps: int, mesh) -> dict[str, float
     config.total_steps = 1000
     model = CLIP(get_preset(preset), dtype=jnp.bfloat16, remat_policy="dots_no_batch")
     objective = stages.Objective("stage1", model, config.loss, mesh, sharding.BATCH_AXES,
-                                     config.total_steps)
+                                 config.total_steps)
     opt = optimizer.make_optimizer(config, config.total_steps)
     params = jax.jit(lambda r: nn.unbox(init_params(model, r)))(jax.random.key(0))
     opt_state = jax.jit(opt.tx.init)(params)

@@ -7,25 +7,17 @@ gradients w.r.t. img, txt, log_scale and bias, with no factor-of-world-size scal
     python -m pytest tests/test_losses.py
 """
 
-import os
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-
-from reasonclip_jax.parallel.losses import (  # noqa: E402
+from reasonclip_jax.parallel.losses import (
     contrastive_loss,
     sigmoid_contrastive_loss_dense,
     softmax_contrastive_loss_dense,
-)
-
-pytestmark = pytest.mark.skipif(
-    len(jax.devices()) < 8, reason="needs 8 devices (XLA_FLAGS set after jax was initialised)"
 )
 
 N, D = 32, 16

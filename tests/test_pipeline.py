@@ -13,8 +13,6 @@ import io
 import json
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-
 import grain  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -389,9 +387,6 @@ def test_orbax_checkpoint_roundtrip(small_dir, tmp_path):
     assert_batches_equal(full[2:], rest)
 
 
-@pytest.mark.skipif(
-    len(jax.devices()) < 8, reason="needs 8 devices (XLA_FLAGS set after jax was initialised)"
-)
 def test_global_batch_sharding(small_dir):
     from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
