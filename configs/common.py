@@ -62,6 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 0  # 0: only at the end
     c.eval_batch_size = 256
     c.evals = []  # evaluators (see reasonclip_jax/evaluators)
+    # Held-out loss of the stage's objective (train/validation.py); batch_size 0: off.
+    c.validation = dict(batch_size=0, data_dirs=[], split="validation")
     c.checkpoint = dict(every_steps=500, keep=3, async_save=True,
                         best_metric="", best_mode="max")
     c.max_nonfinite_streak = 5

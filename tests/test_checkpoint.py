@@ -82,3 +82,42 @@ def test_train_steps_restore_and_torn_saves(tiny, tmp_path):
         assert_trees_equal(state["mu"], jax.tree.map(lambda x: x * 2, params))
         assert next(it) == 20  # the iterator continues where step 2 left it
     assert not os.path.exists(torn)  # the trainer's manager clears torn saves
+
+
+def _perturbed(params, shift: float):
+    return jax.tree.map(lambda x: x + np.asarray(shift, x.dtype), params)
+
+
+def test_best_survives_a_resume_and_only_strictly_better_replaces_it(tiny, tmp_path):
+    params, config = tiny
+    best_dir = str(tmp_path / "best")
+    best = checkpoint.BestCheckpoint(best_dir, "validation/loss", "min")
+    assert best.update(10, {"validation/loss": 0.5}, params, config)
+    assert not best.update(20, {"other": 0.1}, _perturbed(params, 1.0), config)  # lacks it
+    # The run restarts: the best value comes back from disk, a worse one is not kept.
+    resumed = checkpoint.BestCheckpoint(best_dir, "validation/loss", "min")
+    assert resumed.value == 0.5
+    assert not resumed.update(30, {"validation/loss": 0.7}, _perturbed(params, 2.0), config)
+    assert not resumed.update(40, {"validation/loss": 0.5}, _perturbed(params, 3.0), config)
+    assert checkpoint.read_best_metric(best_dir) == {"step": 10, "validation/loss": 0.5}
+    assert_trees_equal(checkpoint.load_model(best_dir)[0], params)
+    assert resumed.update(50, {"validation/loss": 0.25}, _perturbed(params, 4.0), config)
+    assert checkpoint.read_best_metric(best_dir) == {"step": 50, "validation/loss": 0.25}
+    assert_trees_equal(checkpoint.load_model(best_dir)[0], _perturbed(params, 4.0))
+    assert sorted(os.listdir(tmp_path)) == ["best"]  # no temporary or old copies left
+    assert "step 50, best by validation/loss=0.25" in checkpoint.describe(best_dir)
+    with pytest.raises(UserError, match="best_mode 'lowest'"):
+        checkpoint.BestCheckpoint(best_dir, "validation/loss", "lowest")
+
+
+def test_a_replacement_cut_between_its_renames_keeps_the_previous_best(tiny, tmp_path):
+    params, config = tiny
+    best_dir = str(tmp_path / "best")
+    checkpoint.BestCheckpoint(best_dir, "acc", "max").update(3, {"acc": 0.4}, params, config)
+    os.replace(best_dir, best_dir + ".old")  # killed after the first rename
+    # Readers resolve RUN/best to the previous best; the next run puts it back.
+    assert checkpoint.resolve_step_dir(best_dir) == best_dir + ".old"
+    assert_trees_equal(checkpoint.load_model(best_dir)[0], params)
+    resumed = checkpoint.BestCheckpoint(best_dir, "acc", "max")
+    assert resumed.value == 0.4 and os.path.isdir(best_dir)
+    assert not os.path.exists(best_dir + ".old")

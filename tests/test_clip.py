@@ -83,7 +83,25 @@ def test_remat_and_bf16_variants(rng):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grad, ref_grad)
     val, grad = jax.value_and_grad(loss)(params, CLIP(config, dtype=jnp.bfloat16))
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grad))  # fp32 parameters
-    np.testing.assert_allclose(val, ref_loss, atol=0.05)
+    # bf16 against fp32, measured with these seeds: loss 0.0023 off (of 0.425; the old
+    # atol was 0.05); gradients 2.3% off in relative L2 norm over all parameters, each leaf
+    # at most 5.9% of its largest entry off (text attention key kernel). The attention key
+    # biases have a true gradient of 0 (softmax ignores a shift shared by a row's logits):
+    # 1e-8 in fp32, 1.8e-4 in bf16. Tolerances: about 3x (2.5x per leaf).
+    np.testing.assert_allclose(val, ref_loss, atol=0.007)
+    leaves = [(jax.tree_util.keystr(path), np.asarray(g, np.float64), np.asarray(r, np.float64))
+              for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grad),
+                                      jax.tree.leaves(ref_grad), strict=True)]
+    squared_error = sum(np.sum((g - r) ** 2) for _, g, r in leaves)
+    assert np.sqrt(squared_error / sum(np.sum(r**2) for _, _, r in leaves)) < 0.06
+    for name, g, r in leaves:
+        if name == "['logit_scale']":  # not in this loss
+            assert not g.any() and not r.any()
+        elif name.endswith("['key']['bias']"):
+            assert np.abs(r).max() < 1e-6 and np.abs(g).max() < 6e-4, name
+        else:
+            assert np.abs(r).max() > 1e-3, name  # a gradient worth comparing
+            np.testing.assert_allclose(g, r, rtol=0, atol=0.15 * np.abs(r).max(), err_msg=name)
 
 
 def test_presets_have_real_shapes():

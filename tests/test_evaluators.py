@@ -30,6 +30,7 @@ from reasonclip_jax.data import records, transforms
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.evaluators import common, rclip_bench, retrieval, zero_shot
 from reasonclip_jax.evaluators.encoder import Encoder
+from reasonclip_jax.models import tokenizer
 from reasonclip_jax.models.clip import CLIP, get_preset, param_shapes
 from reasonclip_jax.tools import evaluate
 from reasonclip_jax.train import checkpoint
@@ -467,14 +468,51 @@ def test_run_evaluators_prefixes_and_checks(tmp_path):
         evaluators.run_evaluators([configs[1], configs[1]], embedder)
 
 
+class ImagesOnly:
+    """Half an `Embedder`: no `texts`."""
+
+    image_size = SIZE
+
+    def images(self, pixels: np.ndarray) -> np.ndarray:
+        return common.normalize(pixels.reshape(len(pixels), -1))
+
+
 def test_encoder_is_an_embedder():
     config = get_preset("tiny", image_size=32)
-    embedder = Encoder(random_params(config), config, batch_size=4)
+    params = random_params(config)
+    embedder = Encoder(params, config, batch_size=4)
     assert isinstance(embedder, common.Embedder) and embedder.image_size == 32
+    assert not isinstance(ImagesOnly(), common.Embedder)  # the Protocol does check names
+
+    # What the Protocol promises, for 5 images and 3 texts (each a full and a padded batch):
+    # float32 [B, embed_dim] rows of unit norm, in input order, and the padding of the last
+    # batch changes nothing. Reference: the model's unnormalised features of the whole
+    # input in one call, normalised here in float64.
+    pixels = np.random.default_rng(7).normal(size=(5, 32, 32, 3)).astype(np.float32)
+    texts = ["a red cube", "two blue spheres left of a green cube", "a"]
+    model = CLIP(config)
+    for got, features in [
+        (embedder.images(pixels),
+         model.apply({"params": params}, pixels, method=CLIP.encode_image)),
+        (embedder.texts(texts),
+         model.apply({"params": params}, tokenizer.tokenize(texts, config.context_length),
+                     method=CLIP.encode_text)),
+    ]:
+        assert type(got) is np.ndarray and got.dtype == np.float32
+        assert got.shape == (len(features), config.embed_dim)
+        np.testing.assert_allclose(np.linalg.norm(got.astype(np.float64), axis=1), 1.0,
+                                   rtol=0, atol=1e-6)
+        features = np.asarray(features, np.float64)
+        want = features / np.linalg.norm(features, axis=1, keepdims=True)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        off_diagonal = ~np.eye(len(got), dtype=bool)
+        assert np.abs(got[:, None] - got[None]).max(-1)[off_diagonal].min() > 1e-3  # distinct
+    for got in (embedder.images(pixels[:0]), embedder.texts([])):
+        assert got.shape == (0, config.embed_dim) and got.dtype == np.float32
 
 
-def random_params(config, seed: int = 0):
-    """Random weights of the model's shapes: normal(0.02) matrices, LayerNorms at identity.
+def random_params(config, seed: int = 0, std: float = 0.02):
+    """Random weights of the model's shapes: normal(std) matrices, LayerNorms at identity.
 
     (`init_params` would compile the whole model; the evaluators only need random weights.)
     """
@@ -488,7 +526,7 @@ def random_params(config, seed: int = 0):
             return np.zeros(shape.shape, np.float32)
         if "logit_scale" in name:
             return np.full(shape.shape, math.log(1 / 0.07), np.float32)
-        return rng.normal(0, 0.02, shape.shape).astype(np.float32)
+        return rng.normal(0, std, shape.shape).astype(np.float32)
 
     return jax.tree_util.tree_map_with_path(fill, param_shapes(CLIP(config)))
 
@@ -503,10 +541,51 @@ def scenes_dir(tmp_path_factory):
     return out
 
 
+def min_rank_gap(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The smallest |best positive - negative| score gap over the queries: float32 noise
+    below it could not change any rank."""
+    best = np.where(positive, scores, -np.inf).max(axis=1, keepdims=True)
+    return float(np.abs(scores - best)[~positive].min())
+
+
+def reference_scenes_metrics(encoder: Encoder, bench: str) -> tuple[dict[str, float], float]:
+    """The CLI's RCLIP-Bench and gt-retrieval metrics recomputed here: one embedding per image
+    and per distinct caption (sorted, not the evaluators' order), float64 loops over the
+    sets and the sorting reference. Also the smallest score gap any outcome turns on."""
+    recs = records.ShardDirectory(bench, "test").read_all()
+    images = encoder.images(np.stack([pixels_of(r.image, encoder.image_size) for r in recs]))
+    captions = sorted({c for r in recs for s in r.sets for c in [s["gt"], *s["neg"]]})
+    row = {c: i for i, c in enumerate(captions)}
+    images, texts = images.astype(np.float64), encoder.texts(captions).astype(np.float64)
+    correct: dict[str, list[bool]] = {}
+    gaps = []
+    for image, r in zip(images, recs, strict=True):
+        for s in r.sets:
+            scores = [float(np.dot(image, texts[row[c]])) for c in [s["gt"], *s["neg"]]]
+            correct.setdefault(s["tag"], []).append(scores[0] > max(scores[1:]))
+            gaps += [abs(scores[0] - x) for c, x in zip(s["neg"], scores[1:], strict=True)
+                     if c != s["gt"]]  # an identical string is an exact tie, not noise
+    every = [c for values in correct.values() for c in values]
+    expected = {"rclip_bench/accuracy": sum(every) / len(every)}
+    expected.update({f"rclip_bench/acc_{t}": sum(v) / len(v) for t, v in correct.items()})
+    image_captions = [[row[s["gt"]] for s in r.sets] for r in recs]
+    got = reference_recalls(images, texts, image_captions, (1, 5, 10))
+    expected.update({f"retrieval/{k}": v for k, v in got.items()})
+    queries = [(i, x) for i, rows in enumerate(image_captions) for x in rows]
+    t2i_pos = np.array([[x in rows for rows in image_captions] for _, x in queries])
+    text_embeds = texts[[x for _, x in queries]]
+    gaps += [min_rank_gap(images @ text_embeds.T, t2i_pos.T),  # images without captions: inf
+             min_rank_gap(text_embeds @ images.T, t2i_pos)]
+    return expected, min(gaps)
+
+
 def test_cli_end_to_end_on_scenes_bench(scenes_dir, tmp_path):
     config = get_preset("tiny", image_size=32)
     ckpt = str(tmp_path / "ckpt")
-    checkpoint.save_model(ckpt, random_params(config), config)
+    # std 0.2: spread-out random embeddings, so no outcome is within float32 noise (at 0.02
+    # some text -> image ranks turn on score gaps of 3e-7).
+    params = random_params(config, std=0.2)
+    checkpoint.save_model(ckpt, params, config)
     output = str(tmp_path / "metrics.json")
     bench = os.path.join(scenes_dir, "bench")
     evaluate.main(["--checkpoint", ckpt, "--eval", f"rclip_bench:{bench}",
@@ -520,6 +599,15 @@ def test_cli_end_to_end_on_scenes_bench(scenes_dir, tmp_path):
     assert 0.05 <= metrics["rclip_bench/accuracy"] <= 0.45  # a random model: near 1/5
     for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"):
         assert 0.0 <= metrics[f"retrieval/{key}"] <= 1.0
+
+    expected, gap = reference_scenes_metrics(Encoder(params, config, batch_size=16), bench)
+    assert gap > 1e-5  # float32 scores in the evaluators cannot flip an outcome
+    assert set(expected) == {k for k in metrics if not k.endswith(("num_sets", "num_skipped",
+                                                                   "num_images", "num_texts"))}
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, rel=0, abs=1e-12), key
+    assert 0 < expected["retrieval/t2i_r1"] < expected["retrieval/t2i_r10"] < 1  # not trivial
+    assert (metrics["retrieval/num_images"], metrics["retrieval/num_texts"]) == (20.0, 100.0)
 
 
 class OracleEmbedder:

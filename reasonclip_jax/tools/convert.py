@@ -9,11 +9,21 @@
 safetensors with an index, or pytorch_model.bin). `openai`: OpenAI's released TorchScript
 `.pt` archives or plain state dicts in OpenAI/open_clip naming (`.pt` or `.safetensors`).
 Safetensors are read and written without torch; only `.pt`/`.bin` files need it.
+
+Export takes a model checkpoint, a run's `best/` or a trainer workdir (its latest step) and
+writes, beside the weights, where they came from (`PROVENANCE_FILE` in an HF directory,
+`<file>.provenance.json` beside an OpenAI file): the checkpoint, its step, the selection
+metric of a `best/`, the model config, the run's training config when its workdir has
+`TRAIN_CONFIG_FILE` (the trainer does not write one yet: then null), the project version,
+the weights' sha256 and the UTC time. An HF export also carries the tokenizer and image
+processor files (`models/hf_processor.py`), so `AutoProcessor.from_pretrained` works.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -22,13 +32,16 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from reasonclip_jax import __version__
 from reasonclip_jax.errors import UserError
-from reasonclip_jax.models import weight_maps
+from reasonclip_jax.models import hf_processor, weight_maps
 from reasonclip_jax.models.clip import CLIP, ModelConfig, param_shapes
 from reasonclip_jax.tools import cli
 from reasonclip_jax.train import checkpoint
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+PROVENANCE_FILE = "reasonclip_export.json"  # in an HF export; beside an OpenAI file: .provenance.json
+TRAIN_CONFIG_FILE = "config.json"  # a run's training config, in its workdir, if the trainer saved it
 
 
 # ------------------------------------------------------------------------- reading files

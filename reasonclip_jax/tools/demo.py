@@ -65,12 +65,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.path.join(runs, "stage1"), data, "stage1", args.steps)
     results["stage 2 (from stage 1)"] = _train(
         os.path.join(runs, "stage2"), data, "stage2", args.steps // 2,
-        f"--config.init_from={os.path.join(runs, 'stage1')}")
+        f"--config.init_from={os.path.join(runs, 'stage1', 'best')}")  # the selected weights
 
     export = os.path.join(args.workdir, "hf_export")
     if not os.path.exists(export):
         _run([sys.executable, "-m", "reasonclip_jax.convert", "export", "--format", "hf",
-              "--input", os.path.join(runs, "stage2"), "--output", export])
+              "--input", os.path.join(runs, "stage2", "best"), "--output", export])
     try:
         import transformers
 

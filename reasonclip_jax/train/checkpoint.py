@@ -14,6 +14,7 @@ Layout (the same as one step of the trainer's CheckpointManager, which adds more
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from typing import Any
@@ -25,10 +26,13 @@ import orbax.checkpoint as ocp
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.models.clip import ModelConfig
 
+log = logging.getLogger(__name__)
+
 PARAMS = "params"
 MODEL_CONFIG = "model_config"
 TRAIN_STATE = "train_state"
 DATA_ITER = "data_iter"
+BEST_METRIC = "best_metric.json"
 
 
 def _handlers() -> dict[str, Any]:
@@ -63,9 +67,12 @@ def save_model(path: str, params: Any, config: ModelConfig) -> None:
 
 
 def resolve_step_dir(path: str) -> str:
-    """A directory holding `params/` and `model_config/`: `path` itself, or the latest step
-    of a CheckpointManager directory (`path` or `path/checkpoints`)."""
+    """A directory holding `params/` and `model_config/`: `path` itself (a model checkpoint,
+    e.g. a run's `best/`), or the latest step of a CheckpointManager directory (`path` or
+    `path/checkpoints`)."""
     path = os.path.abspath(path)
+    if not os.path.isdir(path) and os.path.isdir(f"{path}.old"):
+        return f"{path}.old"  # a replacement of best/ cut short: the previous best
     if not os.path.isdir(path):
         raise UserError(f"checkpoint {path} does not exist or is not a directory")
     if os.path.isdir(os.path.join(path, MODEL_CONFIG)):
@@ -77,6 +84,18 @@ def resolve_step_dir(path: str) -> str:
         if steps:
             return os.path.join(root, str(max(steps)))
     raise UserError(f"{path} is not a reasonclip checkpoint (no '{MODEL_CONFIG}' item found)")
+
+
+def describe(step_dir: str) -> str:
+    """Which weights a resolved checkpoint directory holds, for a log line."""
+    best = read_best_metric(step_dir)
+    if best is not None:
+        metric = ", ".join(f"{k}={v:.6g}" for k, v in best.items() if k != "step")
+        return f"{step_dir}: step {best['step']}, best by {metric}"
+    name = os.path.basename(step_dir)
+    if name.isdigit():
+        return f"{step_dir}: step {name} (the latest)"
+    return f"{step_dir}: a model checkpoint (imported or exported weights)"
 
 
 def load_model_config(path: str) -> ModelConfig:
@@ -92,6 +111,7 @@ def load_model(path: str, target: Any = None) -> tuple[Any, ModelConfig]:
     """(params, config). Without `target`, params come back as numpy arrays on the host;
     with a pytree of `jax.ShapeDtypeStruct`s carrying shardings, as sharded `jax.Array`s."""
     step_dir = resolve_step_dir(path)
+    log.info("loading %s", describe(step_dir))
     config = load_model_config(step_dir)
     if target is None:
         meta = _params_metadata(step_dir)
@@ -180,18 +200,29 @@ def restore_train(manager: ocp.CheckpointManager, step: int, abstract_params: An
 
 
 class BestCheckpoint:
-    """Keeps `directory` holding the weights of the best value of `metric` seen in this run.
+    """Keeps `directory` holding the weights of the best value of `metric` in the run.
 
-    `mode` "max" or "min": a value replaces the best one only if strictly better. The new
-    weights are written beside it first and then renamed over it, with `best_metric.json`
-    (step and value) inside. An empty `metric`, or evaluations that lack it, keep nothing.
+    `mode` "max" or "min": a value replaces the best one only if strictly better. The best
+    value so far is read back from `directory/best_metric.json` when a run resumes, so a
+    worse value after a restart never replaces a better `best/`. An empty `metric`, or
+    evaluations that lack it, keep nothing.
+
+    Replacing is atomic for a reader of `directory`: the new weights are written to
+    `directory.tmp-STEP`, the old ones renamed to `directory.old`, the new ones renamed into
+    place, then the old ones deleted. A run killed between the two renames leaves
+    `directory.old`, which the next `BestCheckpoint` of the run (or `resolve_step_dir`) puts
+    back.
     """
 
     def __init__(self, directory: str, metric: str, mode: str) -> None:
         if mode not in ("max", "min"):
             raise UserError(f"checkpoint.best_mode '{mode}': use 'max' or 'min'")
         self.directory, self.metric, self.mode = directory, metric, mode
+        recover_best(directory)
         self.value: float | None = None
+        saved = read_best_metric(directory)
+        if metric and saved is not None and metric in saved:
+            self.value = float(saved[metric])
 
     def update(self, step: int, scalars: dict[str, float], params: Any,
                config: ModelConfig) -> bool:
@@ -203,11 +234,33 @@ class BestCheckpoint:
                                        else value >= self.value):
             return False
         self.value = value
-        tmp = f"{self.directory}.tmp-{step}"
+        tmp, old = f"{self.directory}.tmp-{step}", f"{self.directory}.old"
         save_model(tmp, params, config)
         if jax.process_index() == 0:
-            with open(os.path.join(tmp, "best_metric.json"), "w") as f:
+            with open(os.path.join(tmp, BEST_METRIC), "w") as f:
                 json.dump({"step": step, self.metric: value}, f)
-            shutil.rmtree(self.directory, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+            if os.path.exists(self.directory):
+                os.replace(self.directory, old)
             os.replace(tmp, self.directory)
+            shutil.rmtree(old, ignore_errors=True)
         return True
+
+
+def recover_best(directory: str) -> None:
+    """Puts `directory.old` back when a replacement of `directory` was cut short."""
+    old = f"{directory}.old"
+    if jax.process_index() == 0 and os.path.isdir(old):
+        if os.path.isdir(directory):
+            shutil.rmtree(old)
+        else:
+            os.replace(old, directory)
+
+
+def read_best_metric(directory: str) -> dict[str, Any] | None:
+    """`best_metric.json` of a best-weights directory (step and metric value), or None."""
+    path = os.path.join(directory, BEST_METRIC)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

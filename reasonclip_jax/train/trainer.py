@@ -40,7 +40,7 @@ from reasonclip_jax.evaluators.encoder import Encoder
 from reasonclip_jax.models import flops
 from reasonclip_jax.models.clip import CLIP, ModelConfig, get_preset, init_params
 from reasonclip_jax.parallel import distributed, grad_accum, sharding
-from reasonclip_jax.train import checkpoint, metrics, optimizer, stages
+from reasonclip_jax.train import checkpoint, metrics, optimizer, stages, validation
 
 log = logging.getLogger("reasonclip_jax.train")
 
@@ -291,6 +291,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         # ------------------------------------------------------------ evaluators
         # One encoder for the whole run: its towers compile once, params change per eval.
         encoder = Encoder(params, model_config, config.eval_batch_size, mesh=mesh)
+        held_out = (validation.ValidationLoss(config, objective, opt, mesh, params_sharding,
+                                              state_sharding)
+                    if config.validation.batch_size else None)
         best = checkpoint.BestCheckpoint(os.path.join(workdir, "best"),
                                          config.checkpoint.best_metric,
                                          config.checkpoint.best_mode)
@@ -335,10 +338,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 if last["nonfinite_streak"] >= config.max_nonfinite_streak:
                     stop_reason = (f"{int(last['nonfinite_streak'])} consecutive steps with a "
                                    f"non-finite loss or gradient at step {step}")
-            if config.evals and ((config.eval_every and step % config.eval_every == 0)
-                                 or step == total_steps):
+            if (config.evals or held_out) and (
+                    (config.eval_every and step % config.eval_every == 0) or step == total_steps):
                 encoder.params = params
                 scalars = evaluators.run_evaluators(config.evals, encoder)
+                if held_out:
+                    scalars.update(held_out(params, state["opt_state"], step))
                 writer.write(step, scalars)
                 last.update(scalars)
                 best.update(step, scalars, params, model_config)
