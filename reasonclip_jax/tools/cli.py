@@ -84,7 +84,9 @@ def setup_logging(verbose: bool = False) -> None:
     root = logging.getLogger()
     absl_handler = absl_logging.get_absl_handler()
     for handler in list(root.handlers):
-        if handler is absl_handler or isinstance(handler, _StderrHandler):
+        # absl's, ours from an earlier call, and any a library's import-time basicConfig()
+        # left (it would print every line twice); pytest's capture handlers stay.
+        if handler is absl_handler or not type(handler).__module__.startswith("_pytest"):
             root.removeHandler(handler)
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter(LOG_FORMAT))

@@ -40,8 +40,8 @@ from reasonclip_jax.tools import cli
 from reasonclip_jax.train import checkpoint
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-PROVENANCE_FILE = "reasonclip_export.json"  # in an HF export; beside an OpenAI file: .provenance.json
-TRAIN_CONFIG_FILE = "config.json"  # a run's training config, in its workdir, if the trainer saved it
+PROVENANCE_FILE = "reasonclip_export.json"  # in an HF export; an OpenAI file: FILE.provenance.json
+TRAIN_CONFIG_FILE = "config.json"  # a run's training config in its workdir (not written yet)
 
 
 # ------------------------------------------------------------------------- reading files
@@ -186,28 +186,105 @@ def _write_state(state: Mapping[str, np.ndarray], path: str) -> None:
         raise UserError(f"{path}: unknown output type; use .safetensors or .pt")
 
 
-def export_weights(fmt: str, ckpt: str, output: str, dtype: str = "float32") -> None:
-    """Writes a project checkpoint as an HF CLIPModel directory or an OpenAI-named file."""
+def export_weights(fmt: str, ckpt: str, output: str, dtype: str = "float32") -> dict[str, Any]:
+    """Writes a project checkpoint as an HF CLIPModel directory (weights, config, tokenizer
+    and image processor) or an OpenAI-named file, with its provenance; returns that."""
     np_dtype = {"float32": np.float32, "float16": np.float16}.get(dtype)
     if np_dtype is None:
         raise UserError(f"unknown export dtype '{dtype}'; choose float32 or float16")
-    params, config = checkpoint.load_model(ckpt)
     if fmt not in weight_maps.FORMATS:
         raise UserError(f"unknown format '{fmt}'; choose one of {list(weight_maps.FORMATS)}")
+    if fmt == "hf" and os.path.exists(output) and (not os.path.isdir(output)
+                                                    or os.listdir(output)):
+        raise UserError(f"{output} exists and is not an empty directory")
+    if fmt == "openai" and os.path.isdir(output):
+        raise UserError(f"{output} is a directory; --format openai writes one file")
+    step_dir = checkpoint.resolve_step_dir(ckpt)  # once: a run may commit a newer step meanwhile
+    params, config = checkpoint.load_model(step_dir)
     state = export_state_dict(fmt, params, config, np_dtype)
+    info = provenance(ckpt, step_dir, config, fmt, dtype)  # fails, if at all, before writing
     if fmt == "hf":
-        if os.path.exists(output) and os.listdir(output):
-            raise UserError(f"{output} exists and is not empty")
         os.makedirs(output, exist_ok=True)
+        hf_processor.write_processor_files(output, config)
         hf_config = weight_maps.hf_config_json(config)
         hf_config["torch_dtype"] = dtype
         with open(os.path.join(output, "config.json"), "w") as f:
             json.dump(hf_config, f, indent=2)
-        _write_state(state, os.path.join(output, "model.safetensors"))
+        weights = os.path.join(output, "model.safetensors")
+        _write_state(state, weights)
+        record = os.path.join(output, PROVENANCE_FILE)
     else:
-        if os.path.isdir(output):
-            raise UserError(f"{output} is a directory; --format openai writes one file")
-        _write_state(state, output)
+        weights, record = output, f"{output}.provenance.json"
+        _write_state(state, weights)
+    info["weights"] = {os.path.basename(weights): {"sha256": _sha256(weights)}}
+    with open(record, "w") as f:
+        json.dump(info, f, indent=2)
+    return info
+
+
+# ------------------------------------------------------------------------- provenance
+
+
+def _run_workdir(step_dir: str, from_best: bool) -> str | None:
+    """The trainer workdir a resolved checkpoint belongs to, if it is part of a run."""
+    parent = os.path.dirname(step_dir)
+    if from_best:  # WORKDIR/best (or best.old)
+        return parent
+    if os.path.basename(step_dir).isdigit() and os.path.basename(parent) == "checkpoints":
+        return os.path.dirname(parent)  # WORKDIR/checkpoints/STEP
+    return None
+
+
+def _training_config(workdir: str | None) -> tuple[str | None, Any]:
+    path = os.path.join(workdir, TRAIN_CONFIG_FILE) if workdir else None
+    if path is None or not os.path.isfile(path):
+        return None, None
+    try:
+        with open(path) as f:
+            return path, json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"training config {path} is not readable JSON ({e})") from None
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def provenance(ckpt: str, step_dir: str, config: ModelConfig, fmt: str, dtype: str
+               ) -> dict[str, Any]:
+    """Where exported weights came from: checkpoint, step, selection metric, configs.
+    `export_weights` adds the weights' sha256 once they are written."""
+    best = checkpoint.read_best_metric(step_dir)
+    if best is not None:
+        step = int(best["step"])
+        metric, value = next(((k, v) for k, v in best.items() if k != "step"), (None, None))
+        selection = {"metric": metric, "value": value}
+    else:
+        name = os.path.basename(step_dir)
+        step, selection = (int(name) if name.isdigit() else None), None
+    workdir = _run_workdir(step_dir, best is not None)
+    train_config_path, train_config = _training_config(workdir)
+    return {
+        "format": fmt,
+        "dtype": dtype,
+        "source": {
+            "checkpoint": os.path.abspath(ckpt),
+            "resolved": step_dir,
+            "description": checkpoint.describe(step_dir),
+            "step": step,
+            "selection": selection,  # null unless the weights are a run's best/
+            "workdir": workdir,
+        },
+        "model_config": config.to_dict(),
+        "training_config": train_config,  # null: the workdir holds no TRAIN_CONFIG_FILE
+        "training_config_file": train_config_path,
+        "project": {"name": "reasonclip_jax", "version": __version__},
+        "exported_at_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
 
 
 # ------------------------------------------------------------------------- command line
@@ -238,7 +315,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 act=args.act)
         print(f"wrote {args.output}: {config}")
     else:
-        export_weights(args.format, args.input, args.output, args.dtype)
+        info = export_weights(args.format, args.input, args.output, args.dtype)
+        step = info["source"]["step"]
+        print(f"exported step {step if step is not None else '(unknown)'}: "
+              f"{info['source']['description']}")
         print(f"wrote {args.output}")
 
 
