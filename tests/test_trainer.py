@@ -61,6 +61,9 @@ def test_meshes_match_one_device(scenes, one_device_run, tmp_path):
     ref_losses = [m["loss"] for m in logged(ref_dir)]
     ref_params = final_params(ref_dir)
     assert len(ref_losses) == 3 and ref_losses[0] > 0
+    with open(os.path.join(ref_dir, "config.json")) as f:  # the run's provenance
+        saved = json.load(f)
+    assert saved["stage"] == "stage1" and saved["input"]["batch_size"] == 16
     for data, fsdp, tensor in [(8, 1, 1), (2, 4, 1), (2, 2, 2)]:
         workdir = str(tmp_path / f"m{data}{fsdp}{tensor}")
         config = small_config(scenes, num_devices=8,
@@ -214,6 +217,9 @@ def test_user_errors(scenes, tmp_path):
         config = small_config(scenes, "stage1", "smoke_eval")
         config.evals[0]["data_dir"] = "/nonexistent"
         trainer.train(config, str(tmp_path / "f"))
+    with pytest.raises(UserError, match="input.image_size 48 does not match the model's "
+                                        "image_size 32"):
+        trainer.train(small_config(scenes, **{"input.image_size": 48}), str(tmp_path / "g"))
     with pytest.raises(UserError, match="unknown model preset"):
         trainer.train(small_config(scenes, **{"model.preset": "ViT-Z-1"}), str(tmp_path / "c"))
     # A pretrained checkpoint whose weights do not fit the configured model.

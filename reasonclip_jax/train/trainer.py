@@ -99,6 +99,16 @@ def model_config_of(config: ml_collections.ConfigDict) -> ModelConfig:
     return get_preset(config.model.preset, **overrides)
 
 
+def check_input_fits_model(input_cfg: ml_collections.ConfigDict, model: ModelConfig) -> None:
+    """Images and texts the pipeline makes must be the size the model takes."""
+    if input_cfg.image_size != model.image_size:
+        raise UserError(f"input.image_size {input_cfg.image_size} does not match the model's "
+                        f"image_size {model.image_size}; set both alike")
+    if input_cfg.context_length > model.context_length:
+        raise UserError(f"input.context_length {input_cfg.context_length} exceeds the model's "
+                        f"context_length {model.context_length}")
+
+
 def load_init_params(path: str, abstract: Any, shardings: Any, fresh: Any, new_regex: str
                      ) -> Any:
     """Pretrained params into the model's shardings; params matching `new_regex` (heads a
@@ -207,6 +217,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         log.info("process %d/%d, %d devices", jax.process_index(), jax.process_count(),
                  jax.device_count())
         evaluators.check_configs(config.evals)  # a bad eval fails now, not after training
+        if is_chief:  # provenance: what produced this workdir (exports record it)
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=1) + "\n")
 
         # ------------------------------------------------------------ mesh
         devices = jax.devices()
@@ -222,6 +235,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         # ------------------------------------------------------------ model, stage, optimizer
         stage = stages.get_stage(config.stage)
         model_config = model_config_of(config)
+        check_input_fits_model(config.input, model_config)
         model = CLIP(model_config, dtype=jnp.dtype(config.model.dtype),
                      remat_policy=config.model.remat_policy,
                      num_category_heads=stage.category_heads)
