@@ -17,22 +17,28 @@ import numpy as np
 
 from reasonclip_jax.models import tokenizer
 from reasonclip_jax.models.clip import CLIP, ModelConfig
+from reasonclip_jax.parallel import sharding
 
 
 class Encoder:
     """Batched, jitted embedding with fixed batch shapes (one compile per tower).
 
     With `mesh`, params may be sharded global arrays (as in the trainer, also across
-    processes); inputs are taken as identical on every process and results come back
-    replicated, so every process gets all embeddings.
+    processes); inputs are taken as identical on every process, each batch is split over the
+    mesh's batch axes (every device embeds its rows) and results come back replicated, so
+    every process gets all embeddings.
     """
 
     def __init__(self, params: Any, config: ModelConfig, batch_size: int = 64,
                  mesh: jax.sharding.Mesh | None = None, dtype: Any = jnp.float32):
         self.params, self.config, self.batch_size = params, config, batch_size
         model = CLIP(config, dtype=dtype)
-        out = {} if mesh is None else {"out_shardings": jax.sharding.NamedSharding(
-            mesh, jax.sharding.PartitionSpec())}
+        self._batch_sharding = None
+        out = {}
+        if mesh is not None:
+            sharding.batch_size_per_shard(mesh, batch_size)  # eval_batch_size must split
+            self._batch_sharding = sharding.batch_sharding(mesh)
+            out = {"out_shardings": sharding.replicated(mesh)}
         self._image = jax.jit(
             lambda p, x: model.apply({"params": p}, images=x)["image_embeds"], **out)
         self._text = jax.jit(
@@ -49,6 +55,9 @@ class Encoder:
             chunk = inputs[start : start + self.batch_size]
             pad = self.batch_size - len(chunk)
             padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            if self._batch_sharding is not None:  # each device takes its rows of the batch
+                padded = jax.make_array_from_callback(padded.shape, self._batch_sharding,
+                                                      lambda index, x=padded: x[index])
             outs.append(np.asarray(fn(self.params, padded))[: len(chunk)])
         return np.concatenate(outs) if outs else np.zeros((0, self.config.embed_dim), np.float32)
 
