@@ -15,7 +15,12 @@ def get_config(arg: str = "/data/cc12m_refined"):
     c.input.data_dirs = [data]
     c.input.text_fields = ("reason", "cat_caption") if captions == "reason" else ("desc",)
     c.input.batch_size = 32768
-    c.grad_accum = dict(micro_batches=2, mode="gradcache")
+    # As the release: 2 plain accumulation steps of 16,384 (each its own contrastive batch)
+    # and its gradient rule for negatives (remote copies detached, parallel/losses.py).
+    # --config.grad_accum.mode=gradcache keeps all 32,768 negatives;
+    # --config.loss.negatives_gradient=global takes the exact gradient of the global loss.
+    c.grad_accum = dict(micro_batches=2, mode="plain")
+    c.loss.negatives_gradient = "local"
     c.optim.l2_init = dict(beta=0.0, regex=common.TOWERS_WITHOUT_PROJECTIONS)
     # Checkpoint selection as the release: held-out loss (its eval_loss) every ~25% of the
     # run, 8 examples per device over 32 devices, lowest kept in best/.

@@ -6,7 +6,8 @@
         --workdir /runs/s1 --config.init_from=/ckpt/clip-vit-l14-336 \
         --config.total_steps=1282   # 1 epoch of 42M triples at 32,768
 
-Global batch 32,768 = 512 x 32 devices x 2 GradCache micro-batches (every negative kept).
+Global batch 32,768 = 512 x 32 devices x 2 plain accumulation steps, as the release
+(16,384 negatives per contrastive batch); GradCache keeps all 32,768 (see below).
 """
 
 import os
@@ -21,7 +22,12 @@ def get_config(data: str = "/data/reasonlite"):
     c.input.batch_size = 32768
     c.input.image_size = 336
     c.input.worker_count = 8
-    c.grad_accum = dict(micro_batches=2, mode="gradcache")
+    # As the release: 2 plain accumulation steps of 16,384 (each its own contrastive batch)
+    # and its gradient rule for negatives (remote copies detached, parallel/losses.py).
+    # --config.grad_accum.mode=gradcache keeps all 32,768 negatives;
+    # --config.loss.negatives_gradient=global takes the exact gradient of the global loss.
+    c.grad_accum = dict(micro_batches=2, mode="plain")
+    c.loss.negatives_gradient = "local"
     c.model.dtype = "bfloat16"
     c.model.remat_policy = "dots_no_batch"
     c.checkpoint.every_steps = 320  # ~ every 25% of the epoch

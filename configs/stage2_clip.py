@@ -17,7 +17,12 @@ def get_config(data: str = "/data/reasonpro"):
     c.input.batch_size = 32768
     c.input.image_size = 336
     c.input.worker_count = 8
-    c.grad_accum = dict(micro_batches=2, mode="gradcache")
+    # As the release: 2 plain accumulation steps of 16,384 (each its own contrastive batch)
+    # and its gradient rule for negatives (remote copies detached, parallel/losses.py).
+    # --config.grad_accum.mode=gradcache keeps all 32,768 negatives;
+    # --config.loss.negatives_gradient=global takes the exact gradient of the global loss.
+    c.grad_accum = dict(micro_batches=2, mode="plain")
+    c.loss.negatives_gradient = "local"
     c.model.remat_policy = "dots_no_batch"
     c.loss.gamma = 0.05
     c.optim.groups = common.optim_groups(1e-5, 2e-5, 1e-4, 1e-4, tower_wd=0.05, head_lr=1.5e-3)

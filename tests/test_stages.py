@@ -21,7 +21,8 @@ def test_stage1_weight_schedule(p, lam):
 
 
 def _loss_config(gamma=0.05):
-    return ml_collections.ConfigDict(dict(kind="softmax", impl="gather", gamma=gamma, lam=LAM))
+    return ml_collections.ConfigDict(dict(kind="softmax", impl="gather", gamma=gamma, lam=LAM,
+                                          negatives_gradient="global"))
 
 
 def _logsumexp(x, axis):

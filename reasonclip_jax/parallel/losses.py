@@ -42,6 +42,7 @@ from jax.sharding import PartitionSpec as P
 
 KINDS = ("softmax", "sigmoid")
 IMPLS = ("gather", "ring")
+NEGATIVES_GRADIENTS = ("global", "local")
 
 Metrics = dict[str, jax.Array]
 
@@ -117,6 +118,16 @@ def sigmoid_contrastive_loss_dense(
 # ----------------------------------------------------------------------------------------
 # gather: local rows x global columns.
 # ----------------------------------------------------------------------------------------
+def _all_gather(x: jax.Array, axes: tuple[str, ...], first: jax.Array, local_gradient: bool
+                ) -> jax.Array:
+    """Every device's rows of `x`; with `local_gradient`, the other devices' copies are
+    constants (the release's rule: gradients reach an embedding only from its own device)."""
+    gathered = lax.all_gather(x, axes, tiled=True)
+    if not local_gradient:
+        return gathered
+    return lax.dynamic_update_slice_in_dim(lax.stop_gradient(gathered), x, first, axis=0)
+
+
 def _gather_body(
     img: jax.Array,
     txt: jax.Array,
@@ -126,17 +137,17 @@ def _gather_body(
     kind: str,
     axes: tuple[str, ...],
     total: int,
+    local_gradient: bool,
 ) -> tuple[jax.Array, Metrics]:
     """shard_map body: this device's rows of the loss against all-gathered columns."""
     n = img.shape[0]
     first = lax.axis_index(axes) * n
     positive = first + jnp.arange(n)
-    z = _logits(
-        img, lax.all_gather(txt, axes, tiled=True), log_scale, bias if kind == "sigmoid" else None
-    )  # local images x all texts
+    z = _logits(img, _all_gather(txt, axes, first, local_gradient), log_scale,
+                bias if kind == "sigmoid" else None)  # local images x all texts
     local = _rows_loss(kind, z, positive)
     if kind == "softmax":  # t->i needs the local texts' rows too: local texts x all images
-        z_t2i = _logits(txt, lax.all_gather(img, axes, tiled=True), log_scale, None)
+        z_t2i = _logits(txt, _all_gather(img, axes, first, local_gradient), log_scale, None)
         local = 0.5 * (local + _softmax_rows_loss(z_t2i, positive))
 
     z = lax.stop_gradient(z)
@@ -162,9 +173,11 @@ def _gather_loss(
     kind: str,
     mesh: Mesh,
     axes: tuple[str, ...],
+    local_gradient: bool,
 ) -> tuple[jax.Array, Metrics]:
     """The `gather` implementation; autodiff transposes the all-gathers into reduce-scatters."""
-    body = functools.partial(_gather_body, kind=kind, axes=axes, total=img.shape[0])
+    body = functools.partial(_gather_body, kind=kind, axes=axes, total=img.shape[0],
+                             local_gradient=local_gradient)
     batch, replicated = P(axes), P()
     return jax.shard_map(
         body,
@@ -400,6 +413,7 @@ def contrastive_loss(
     impl: str = "gather",
     mesh: Mesh | None = None,
     batch_axes: tuple[str, ...] = ("data", "fsdp"),
+    negatives_gradient: str = "global",
 ) -> tuple[jax.Array, Metrics]:
     """Contrastive loss over the global batch and its top-1 accuracies.
 
@@ -413,6 +427,11 @@ def contrastive_loss(
       impl: "gather" (n x N logits per device) or "ring" (n x n per device, any world size).
       mesh: the device mesh; None, or batch axes of total size 1, computes on one device.
       batch_axes: mesh axes the batch dimension is sharded over; other axes replicate.
+      negatives_gradient: "global": the exact gradient of the global loss. "local": the
+        PyTorch release's rule (features all-gathered with the remote copies detached, DDP
+        averaging): the same loss value, but an embedding gets its gradient as a negative
+        only from its own device's rows, 1/world of the global one. Gather only; on one
+        device the two are the same.
 
     Returns:
       The scalar mean loss and {"acc_i2t", "acc_t2i"}: top-1 in-batch retrieval accuracy
@@ -426,6 +445,11 @@ def contrastive_loss(
         raise ValueError(
             f"img and txt must both be (N, D) with equal shapes, got {img.shape} and {txt.shape}"
         )
+    if negatives_gradient not in NEGATIVES_GRADIENTS:
+        raise ValueError(f"unknown negatives_gradient {negatives_gradient!r}; expected one of "
+                         f"{NEGATIVES_GRADIENTS}")
+    if negatives_gradient == "local" and impl != "gather":
+        raise ValueError("negatives_gradient='local' (the release's rule) needs impl='gather'")
     if kind == "sigmoid" and bias is None:
         raise ValueError("the sigmoid loss needs bias= (SigLIP's learnable logit bias)")
     batch_axes = tuple(batch_axes)
@@ -440,5 +464,6 @@ def contrastive_loss(
         )
     bias = jnp.asarray(bias) if kind == "sigmoid" else jnp.zeros((), jnp.float32)
     if impl == "gather":
-        return _gather_loss(img, txt, log_scale, bias, kind=kind, mesh=mesh, axes=batch_axes)
+        return _gather_loss(img, txt, log_scale, bias, kind=kind, mesh=mesh, axes=batch_axes,
+                            local_gradient=negatives_gradient == "local")
     return _ring_loss(img, txt, log_scale, bias, kind=kind, mesh=mesh, axes=batch_axes, world=world)

@@ -14,6 +14,8 @@ every negative.
 Config keys (`config.loss`):
     kind        "softmax" (CLIP InfoNCE) | "sigmoid" (SigLIP)
     impl        "gather" | "ring" (see parallel/losses.py)
+    negatives_gradient  "global" (the exact gradient of the global loss) | "local" (the
+                release's rule: remote negatives detached; gather only)
     lam         stage 1 weight schedule over progress p = step / total_steps:
                 dict(start=0.7, end=0.5, final=0.6, ramp_from=0.2, ramp_to=0.8):
                 start for p <= ramp_from, linear to end at ramp_to, then final
@@ -155,6 +157,7 @@ class Objective:
         return losses.contrastive_loss(
             img, txt, params["logit_scale"], params.get("logit_bias"), kind=self.cfg.kind,
             impl=self.cfg.impl, mesh=self.mesh, batch_axes=self.batch_axes,
+            negatives_gradient=self.cfg.negatives_gradient,
         )
 
     def loss(self, params: Any, embeds: Mapping[str, jax.Array], batch: Mapping[str, Any],
