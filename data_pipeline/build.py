@@ -3,6 +3,8 @@
     python -m data_pipeline.build --source reasonclip-s1 --input 'data/s1/*.parquet' \\
         --image-root data/images --output out/s1 --num-shards 64
     python -m data_pipeline.build --source scenes --num-scenes 1000 --seed 0 --output out/scenes
+    python -m data_pipeline.build --source rclip-bench --input rclip_5k_v3.jsonl \
+        --image-root data/docci_images/images --output out/rclip_v3
     # any Beam pipeline option goes along, e.g. two local worker processes:
     python -m data_pipeline.build ... --direct_num_workers=2 --direct_running_mode=multi_processing
 
@@ -15,7 +17,10 @@ The graph, per output directory (`scenes` has three: stage1/, stage2/, bench/):
                                count rows -------------------------------------+   rejected.jsonl
 
 Input and output are local paths (DirectRunner, or workers sharing a filesystem). See
-`sources.py` for the input formats, `process.py` for what is checked, `write.py` for the layout.
+`sources.py` for the input formats and where image paths point, `process.py` for what is
+checked, `write.py` for the layout. Evaluation outputs (rclip-bench, scenes' bench/) store each
+image file's bytes as they are, with no size floor; training outputs store resized JPEGs
+unless --keep-image-bytes.
 """
 
 from __future__ import annotations
@@ -53,17 +58,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--num-shards", type=int, default=1, help="shards per split")
     p.add_argument(
-        "--image-root", help="base of relative image paths (default: each input file's directory)"
+        "--image-root",
+        help="base of relative image paths (default: each input file's directory); absolute "
+        "paths are read at IMAGE_ROOT/their basename",
+    )
+    p.add_argument(
+        "--image-root-strip", metavar="PREFIX",
+        help="image paths must start with PREFIX, which is replaced by the image root",
+    )
+    p.add_argument(
+        "--keep-image-bytes", action="store_true",
+        help="training outputs too store the image files as they are (no resize, no re-encoding; "
+        "evaluation outputs always do)",
     )
     p.add_argument(
         "--max-short-side", type=int, default=256, help="resize so the shorter side is at most this"
     )
     p.add_argument("--jpeg-quality", type=int, default=95)
     p.add_argument(
-        "--min-size", type=int, default=32, help="reject images whose shorter side is smaller"
+        "--min-size", type=int, default=32,
+        help="reject images whose shorter side is smaller (training outputs)",
     )
     p.add_argument(
-        "--max-pixels", type=int, default=50_000_000, help="reject larger images before decoding"
+        "--max-pixels", type=int, default=50_000_000,
+        help="reject larger images before decoding (training outputs)",
     )
     p.add_argument("--validation-fraction", type=float, default=0.002)
     p.add_argument(
@@ -121,12 +139,14 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 def _process(
     row: process.RawRow, output: sources.Output, options: process.ImageOptions
 ) -> Iterator[Any]:
+    from apache_beam import pvalue
+
     result = process.process_row(row, output.name, output.schema, options)
     if isinstance(result, process.Rejection):
-        from apache_beam import pvalue
-
         yield pvalue.TaggedOutput(_REJECTED, result)
     else:
+        for dropped in result.dropped_sets:  # the row stays; each left-out set is reported
+            yield pvalue.TaggedOutput(_REJECTED, dropped)
         yield result
 
 
@@ -169,8 +189,8 @@ def _write_group(
     return write.write_shard(directory, split, shard, num_shards, items)
 
 
-def _rejection_line(r: process.Rejection) -> dict[str, str]:
-    return write.rejection_line(r.location, r.reason, r.detail)
+def _rejection_line(r: process.Rejection) -> dict[str, Any]:
+    return write.rejection_line(r.location, r.reason, r.detail, r.set_index)
 
 
 def _finalize(
@@ -180,7 +200,7 @@ def _finalize(
     num_shards: int,
     input_rows: int,
     counts: Counter,
-    rejections: list[dict[str, str]],
+    rejections: list[dict[str, Any]],
     written: list[str],
 ) -> None:
     write.finalize(
@@ -200,9 +220,7 @@ def _add_output(
     import apache_beam as beam
 
     label = output.subdir or "output"
-    options = process.ImageOptions(
-        args.max_short_side, args.jpeg_quality, args.min_size, args.max_pixels
-    )
+    options = image_options(args, output)
     placing = (args.num_shards, args.validation_fraction, output.eval_only)
     results = rows | f"{label}/Process" >> beam.FlatMap(_process, output, options).with_outputs(
         _REJECTED, main="records"
@@ -253,6 +271,16 @@ def _add_output(
     )
 
 
+def image_options(args: argparse.Namespace, output: sources.Output) -> process.ImageOptions:
+    """Evaluation outputs keep every image as it is; training outputs follow the flags."""
+    if output.eval_only:
+        return process.EVAL_IMAGE_OPTIONS
+    return process.ImageOptions(
+        args.max_short_side, args.jpeg_quality, args.min_size, args.max_pixels,
+        keep_bytes=args.keep_image_bytes,
+    )
+
+
 def manifest_header(
     args: argparse.Namespace, source: sources.Source, output: sources.Output
 ) -> dict[str, Any]:
@@ -271,6 +299,12 @@ def manifest_header(
             "dedup",
         )
     }
+    image = image_options(args, output)
+    if args.image_root_strip is not None:
+        options["image_root_strip"] = args.image_root_strip
+    if image.keep_bytes:  # the options that applied: no resize, no re-encoding
+        options.update(keep_image_bytes=True, max_short_side=None, jpeg_quality=None,
+                       min_size=image.min_size, max_pixels=image.max_pixels)
     if source.name == "webdataset":
         options["json_caption_fields"] = args.json_caption_fields
     if source.name == "scenes":
@@ -289,6 +323,7 @@ def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
     source = sources.SOURCES[args.source]
     config = sources.SourceConfig(
         image_root=args.image_root,
+        image_root_strip=args.image_root_strip,
         json_caption_fields=tuple(
             f.strip() for f in args.json_caption_fields.split(",") if f.strip()
         ),
@@ -344,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"{directory}: {m['written']} records {m['splits']}, {m['rejected']} rejected "
             f"{m['rejections']} of {m['input_rows']} input rows"
+            + (f", {m['dropped_sets']} sets left out" if m.get("dropped_sets") else "")
         )
 
 

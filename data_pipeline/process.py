@@ -5,12 +5,22 @@ else), so the Beam pipeline and the benchmark's single-process loop run exactly 
 Nothing a row contains makes it raise: every failure becomes a `Rejection` whose reason is one
 of the `REASONS` below.
 
-Image work: read the bytes, check the size from the header before decoding (decompression
-bombs never get decoded), decode (JPEG at a reduced DCT scale when that is still large
-enough), apply the EXIF orientation, flatten transparency onto white, resize so the shorter
-side is at most `max_short_side` (aspect kept, never upscaled), re-encode as JPEG.
+Image work, training data (re-encoded, the default): read the bytes, check the size from the
+header before decoding (decompression bombs never get decoded), decode (JPEG at a reduced DCT
+scale when that is still large enough), apply the EXIF orientation, flatten transparency onto
+white, resize so the shorter side is at most `max_short_side` (aspect kept, never upscaled),
+re-encode as JPEG.
+Image work, evaluation data (`ImageOptions.keep_bytes`; every eval-only output): the file's
+bytes are stored as they are. They must decode the way the evaluator decodes them
+(`evaluators.common.decode_image`: the release's `Image.open(...).convert("RGB")`, with the
+EXIF orientation first only for rows whose source says so, the RCLIP parquet); no resize, no
+re-encoding, and for eval-only outputs no size floor and no pixel cap but PIL's own.
 Caption work: decode UTF-8 strictly, collapse whitespace, refuse empty text, check counts and
 category labels against the source's `Schema`.
+Benchmark sets follow the release's `validate_set_item`: a malformed set is dropped alone (a
+`Rejection` with its `set_index`, the row kept) and a row is rejected whole only when none of
+its sets is valid; tags are kept verbatim, gt and negatives lose surrounding whitespace only
+(`str.strip()`).
 
 Try it:
 
@@ -29,9 +39,10 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from reasonclip_jax.data.records import CATEGORIES, Record
+from reasonclip_jax.evaluators.common import decode_image
 
 # Rejection reasons: the keys of the manifest's "rejections" counts.
 MISSING_FILE = "missing image file"
@@ -49,6 +60,7 @@ WRONG_LABEL_COUNT = "wrong number of category labels"
 MALFORMED = "malformed row"
 UNREADABLE_INPUT = "unreadable input file"
 DUPLICATE = "duplicate image"
+BAD_SET = "malformed benchmark set"  # one set dropped (with set_index), or, row: none valid
 UNEXPECTED = "unexpected error"
 REASONS = (
     MISSING_FILE,
@@ -66,6 +78,7 @@ REASONS = (
     MALFORMED,
     UNREADABLE_INPUT,
     DUPLICATE,
+    BAD_SET,
     UNEXPECTED,
 )
 
@@ -82,7 +95,8 @@ class RawRow:
     """One input row as a source read it, before any checking.
 
     `fields` uses the record's names: desc, reason (lists of str or bytes), cat_caption,
-    cat_label, image_labels, sets. `error` is set when the source could not read the row at all.
+    cat_label, image_labels, sets, and the benchmark's source_id, image_name, text, version
+    (str, kept verbatim). `error` is set when the source could not read the row at all.
     """
 
     key: str  # the row's location: "file:row" or "shard.tar:KEY"
@@ -91,6 +105,9 @@ class RawRow:
     fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     error: tuple[str, str] | None = None  # (reason, detail)
     output: str = ""  # sub-directory of the output this row goes to ("" for most sources)
+    # Kept bytes only: whether the source's own reader applies the EXIF orientation (the
+    # release's JSONL path does not; its parquet path, through `datasets.Image`, does).
+    exif_transpose: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +127,12 @@ class ImageOptions:
     max_short_side: int = 256
     jpeg_quality: int = 95
     min_size: int = 32  # shorter side of the input image, in pixels
-    max_pixels: int = 50_000_000
+    max_pixels: int | None = 50_000_000  # None: only PIL's own decompression-bomb limit
+    keep_bytes: bool = False  # store the input file's bytes instead of a resized JPEG
+
+
+# Evaluation data: the original bytes, every image the release would score (no size floor).
+EVAL_IMAGE_OPTIONS = ImageOptions(min_size=1, max_pixels=None, keep_bytes=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,12 +140,14 @@ class Rejection:
     location: str
     reason: str
     detail: str = ""
+    set_index: int | None = None  # a dropped benchmark set of a kept row; None: the whole row
 
 
 @dataclasses.dataclass(frozen=True)
 class Processed:
     record: Record
     image_sha256: str  # of the input image bytes; what --dedup compares
+    dropped_sets: tuple[Rejection, ...] = ()  # the row's malformed sets, each left out
 
 
 class _Reject(Exception):
@@ -144,9 +168,12 @@ def process_row(
     if row.error is not None:
         return Rejection(row.key, *row.error)
     try:
-        texts = clean_fields(row.fields, schema)
+        texts, dropped = clean_fields(row.fields, schema)
         data = read_image_bytes(row)
-        image, width, height = encode_image(data, options)
+        if options.keep_bytes:
+            image, width, height, exif = check_kept_image(data, options, row.exif_transpose)
+        else:
+            (image, width, height), exif = encode_image(data, options), False
     except _Reject as r:
         return Rejection(row.key, r.reason, r.detail)
     except Exception as e:  # a bug or an input nobody foresaw: dead-letter it, keep going
@@ -158,9 +185,11 @@ def process_row(
         image=image,
         width=width,
         height=height,
+        exif_transpose=exif,
         **texts,
     )
-    return Processed(record, hashlib.sha256(data).hexdigest())
+    drops = tuple(Rejection(row.key, BAD_SET, detail, i) for i, detail in dropped)
+    return Processed(record, hashlib.sha256(data).hexdigest(), drops)
 
 
 def dedup_key(processed: Processed) -> str:
@@ -228,23 +257,63 @@ def _captions(
     return tuple(texts)
 
 
-def _bench_set(value: Any, what: str) -> dict[str, Any]:
+def bench_set(value: Any) -> dict[str, Any]:
+    """One benchmark set, checked and cleaned as the release's `validate_set_item`
+    (`eval/eval_RCLIP.py`): raises `_Reject(BAD_SET, why)` for a set the release drops (why
+    starts with its words: "bad tag", "bad gt", "bad neg")."""
     if not isinstance(value, Mapping):
-        raise _Reject(MALFORMED, f"{what}: not a mapping")
-    negatives = _as_list(value.get("neg"), f"{what}.neg")
-    if len(negatives) != NUM_NEGATIVES:
-        raise _Reject(
-            WRONG_CAPTION_COUNT, f"{what}.neg: {len(negatives)} captions, expected {NUM_NEGATIVES}"
-        )
-    return {
-        "tag": clean_caption(value.get("tag"), f"{what}.tag"),
-        "gt": clean_caption(value.get("gt"), f"{what}.gt"),
-        "neg": [clean_caption(n, f"{what}.neg[{i}]") for i, n in enumerate(negatives)],
-    }
+        raise _Reject(BAD_SET, f"not an object: {type(value).__name__}")
+    tag, gt, neg = value.get("tag", ""), value.get("gt", ""), value.get("neg", [])
+    if not isinstance(tag, str) or not tag:
+        raise _Reject(BAD_SET, _short(f"bad tag: {tag!r}"))
+    if not isinstance(gt, str) or not gt.strip():
+        raise _Reject(BAD_SET, _short(f"bad gt: {gt!r}"))
+    if not isinstance(neg, list) or len(neg) != NUM_NEGATIVES:
+        count = f"{len(neg)} captions" if isinstance(neg, list) else type(neg).__name__
+        raise _Reject(BAD_SET, f"bad neg: {count}, expected a list of {NUM_NEGATIVES}")
+    for i, x in enumerate(neg):
+        if not isinstance(x, str) or not x.strip():
+            raise _Reject(BAD_SET, _short(f"bad neg: neg[{i}] is {x!r}"))
+    for text in (tag, gt, *neg):
+        _check_utf8(text, "set text")
+    return {"tag": tag, "gt": gt.strip(), "neg": [x.strip() for x in neg]}
 
 
-def clean_fields(fields: Mapping[str, Any], schema: Schema) -> dict[str, Any]:
-    """The row's text fields as `Record` keyword arguments, checked against `schema`."""
+def _check_utf8(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")  # lone surrogates (a JSON "\udc80") cannot go in a record header
+    except UnicodeEncodeError as e:
+        raise _Reject(NON_UTF8, what) from e
+
+
+def bench_sets(
+    fields: Mapping[str, Any], required: bool
+) -> tuple[list[dict[str, Any]], list[int], list[tuple[int, str]]]:
+    """(kept sets, their positions in the row's `sets`, (position, why) of each dropped one).
+
+    Raises when the row has no sets but must.
+    """
+    sets = _as_list(fields.get("sets"), "sets")
+    if required and not sets:
+        raise _Reject(WRONG_CAPTION_COUNT, "sets: none")
+    kept, positions, dropped = [], [], []
+    for i, value in enumerate(sets):
+        try:
+            kept.append(bench_set(value))
+            positions.append(i)
+        except _Reject as r:
+            dropped.append((i, r.detail if r.reason == BAD_SET else f"{r.reason}: {r.detail}"))
+    return kept, positions, dropped
+
+
+_BENCH_META = ("source_id", "image_name", "text", "version")
+
+
+def clean_fields(
+    fields: Mapping[str, Any], schema: Schema
+) -> tuple[dict[str, Any], list[tuple[int, str]]]:
+    """The row's text fields as `Record` keyword arguments, checked against `schema`, and
+    the (position, why) of each benchmark set left out."""
     out: dict[str, Any] = {
         "desc": _captions(fields, "desc", schema.desc, schema.unique_desc),
         "reason": _captions(fields, "reason", schema.reason),
@@ -268,13 +337,23 @@ def clean_fields(fields: Mapping[str, Any], schema: Schema) -> dict[str, Any]:
                 f"expected {NUM_IMAGE_LABELS} distinct",
             )
         out["image_labels"] = tuple(labels)
-    sets = _as_list(fields.get("sets"), "sets")
-    if schema.sets and not sets:
-        raise _Reject(WRONG_CAPTION_COUNT, "sets: none")
-    out["sets"] = tuple(_bench_set(s, f"sets[{i}]") for i, s in enumerate(sets))
+    sets, positions, dropped = bench_sets(fields, schema.sets)
+    if dropped and not sets and (schema.sets or not (out["desc"] or out["reason"] or caption)):
+        # The row goes whole; short reasons ("bad neg") so that every set fits the detail.
+        why = "; ".join(f"sets[{i}] {d.split(':')[0]}" for i, d in dropped)
+        raise _Reject(BAD_SET, _short(f"no valid set: {why}"))
+    out["sets"] = tuple(sets)
+    if dropped:  # positions only when they are not simply 0, 1, 2, ...
+        out["set_index"] = tuple(positions)
+    for name in _BENCH_META:  # verbatim, as the release keeps them
+        value = fields.get(name, "")
+        if not isinstance(value, str):
+            raise _Reject(MALFORMED, f"{name}: not text")
+        _check_utf8(value, name)
+        out[name] = value
     if not (out["desc"] or out["reason"] or out.get("cat_caption") or out["sets"]):
         raise _Reject(WRONG_CAPTION_COUNT, "no caption")
-    return out
+    return out, dropped
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,20 +398,28 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def encode_image(data: bytes, options: ImageOptions) -> tuple[bytes, int, int]:
-    """Encoded image bytes -> (JPEG bytes, width, height) of the resized RGB image."""
+def _open(data: bytes, options: ImageOptions) -> Image.Image:
+    """The image opened (header only) once its size passed the checks; nothing decoded yet."""
     try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
+        image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         raise _Reject(TOO_LARGE, _short(str(e))) from e
     except Exception as e:
         raise _Reject(UNDECODABLE, _short(f"{type(e).__name__}: {e}")) from e
-    with image:
+    width, height = image.size
+    if options.max_pixels is not None and width * height > options.max_pixels:
+        image.close()
+        raise _Reject(TOO_LARGE, f"{width}x{height} > {options.max_pixels} pixels")
+    if min(width, height) < options.min_size:
+        image.close()
+        raise _Reject(TOO_SMALL, f"{width}x{height}, shorter side < {options.min_size}")
+    return image
+
+
+def encode_image(data: bytes, options: ImageOptions) -> tuple[bytes, int, int]:
+    """Encoded image bytes -> (JPEG bytes, width, height) of the resized RGB image."""
+    with _open(data, options) as image:
         width, height = image.size
-        if width * height > options.max_pixels:
-            raise _Reject(TOO_LARGE, f"{width}x{height} > {options.max_pixels} pixels")
-        if min(width, height) < options.min_size:
-            raise _Reject(TOO_SMALL, f"{width}x{height}, shorter side < {options.min_size}")
         # JPEG: let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the target.
         image.draft("RGB", target_size(width, height, options.max_short_side))
         try:
@@ -346,6 +433,25 @@ def encode_image(data: bytes, options: ImageOptions) -> tuple[bytes, int, int]:
     out = io.BytesIO()
     rgb.save(out, "JPEG", quality=options.jpeg_quality)
     return out.getvalue(), rgb.width, rgb.height
+
+
+def check_kept_image(
+    data: bytes, options: ImageOptions, exif_rule: bool
+) -> tuple[bytes, int, int, bool]:
+    """(the input bytes unchanged, width, height, exif_transpose) of an image stored as it is.
+
+    The image must decode as the evaluator will decode it (`evaluators.common.decode_image`);
+    the size is the decoded one. `exif_transpose` is set when the source's reader applies
+    EXIF orientations (`exif_rule`) and this image has an Orientation tag: exactly the images
+    `datasets.Image` transposes.
+    """
+    with _open(data, options) as image:
+        try:
+            exif = exif_rule and image.getexif().get(ExifTags.Base.Orientation) is not None
+            rgb = decode_image(data, exif)
+        except Exception as e:
+            raise _Reject(TRUNCATED, _short(f"{type(e).__name__}: {e}")) from e
+    return data, rgb.width, rgb.height, exif
 
 
 def _short(text: str, limit: int = 160) -> str:

@@ -12,11 +12,27 @@ data lives. Reading never raises: a file that cannot be read becomes one row car
     webdataset      tar: KEY.jpg|jpeg|png|webp + KEY.txt and/or KEY.json desc
     jsonl           image_path | image_b64, desc|tb, reason|trl, trp,   any of the above
                     trp_cls, trp_cls_ls, sets
-    rclip-bench     parquet: image{bytes,path}, sets; or jsonl:         sets (split "test")
-                    image_path, sets
+    rclip-bench     parquet of build_rclip_parquet.py: id, image_name,  sets, source_id,
+                    text, version, sets, image{bytes,path}; or jsonl:   image_name, text, version
+                    id, image_path, text, version, sets                 (split "test")
     scenes          synthetic (data_pipeline.synthetic); three outputs  stage1/, stage2/, bench/
 
-Relative image paths are resolved against --image-root, or else the input file's directory.
+Where an image path points (`resolve_image_path`; ROOT is --image-root, or else the input
+file's directory):
+  1. with --image-root-strip PREFIX, the path must lie under PREFIX (compared component by
+     component after normalisation; a path outside it is a "missing image file" rejection)
+     and ROOT/(the rest of the path) is read;
+  2. otherwise a relative path is read at ROOT/path;
+  3. otherwise (an absolute path) it is read as it is, or, when --image-root is given, at
+     --image-root/basename(path): what the release's build_rclip_parquet.py does
+     (`image_dir / Path(image_path).name`).
+
+RCLIP-Bench rows keep the release's fields verbatim as `str(...)` of them (id -> source_id;
+image_name: the parquet column, or the JSONL path's basename as build_rclip_parquet.py names
+it), and their version is the row's `version`, or, when that is missing, null or empty, the first
+"v1"/"v2"/"v3" in the input file's name (how the release tells its JSONL files apart). JSONL
+images are decoded as the release's JSONL path does (no EXIF orientation); parquet images as
+its parquet path does (`datasets.Image`: EXIF orientation applied).
 
 Try it:
 
@@ -56,6 +72,7 @@ class SourceConfig:
     """What reading needs besides the unit; from the command line."""
 
     image_root: str | None = None
+    image_root_strip: str | None = None  # rule 1 of the module docstring
     json_caption_fields: tuple[str, ...] = ("caption",)
     num_scenes: int = 0
     num_bench_scenes: int = 0  # held out: scene indices after the training scenes
@@ -130,11 +147,33 @@ def _glob_root(pattern: str) -> str:
     return head if head.endswith(os.sep) else os.path.dirname(head) or "."
 
 
-def _resolve(path: Any, unit: Unit, config: SourceConfig) -> str | None:
+def resolve_image_path(
+    path: str, input_dir: str, image_root: str | None, strip: str | None = None
+) -> str:
+    """Where an image path of the input points (the rules of the module docstring); raises
+    ValueError for a path outside `strip`."""
+    root = input_dir if image_root is None else image_root
+    if strip is not None:
+        rest = os.path.relpath(os.path.normpath(path), os.path.normpath(strip))
+        if os.path.isabs(path) != os.path.isabs(strip) or rest.split(os.sep)[0] == os.pardir:
+            raise ValueError(f"{path} is not under --image-root-strip {strip}")
+        return os.path.join(root, rest) if rest != os.curdir else root
+    if not os.path.isabs(path):
+        return os.path.join(root, path)
+    return path if image_root is None else os.path.join(image_root, os.path.basename(path))
+
+
+def _image(path: Any, key: str, unit: Unit, config: SourceConfig, **row: Any) -> RawRow:
+    """A row whose image is the file at `path` (resolved), or a rejection saying why not."""
     if not isinstance(path, str) or not path:
-        return None
-    root = config.image_root if config.image_root is not None else os.path.dirname(unit.path)
-    return os.path.join(root, path)  # an absolute `path` stays as it is
+        return RawRow(key=key, **row)  # process_row rejects it: the row names no image
+    try:
+        resolved = resolve_image_path(
+            path, os.path.dirname(unit.path), config.image_root, config.image_root_strip
+        )
+    except ValueError as e:
+        return RawRow(key=key, error=(MISSING_FILE, str(e)[:200]))
+    return RawRow(key=key, image_path=resolved, **row)
 
 
 def _unreadable(unit: Unit, done: int, error: Exception) -> RawRow:
@@ -203,7 +242,7 @@ def _from_jsonl(index: int, row: dict[str, Any], unit: Unit, config: SourceConfi
         except (binascii.Error, TypeError, ValueError) as e:
             return RawRow(key=key, error=(MALFORMED, f"image_b64: {e}"[:200]))
         return RawRow(key=key, image_bytes=image, fields=fields)
-    return RawRow(key=key, image_path=_resolve(row.get("image_path"), unit, config), fields=fields)
+    return _image(row.get("image_path"), key, unit, config, fields=fields)
 
 
 def _read_rows(
@@ -217,36 +256,56 @@ def _read_rows(
 
 
 def _from_stage1(index: int, row: dict[str, Any], unit: Unit, config: SourceConfig) -> RawRow:
-    return RawRow(
-        key=f"{unit.name}:{index}",
-        image_path=_resolve(row.get("image_path"), unit, config),
-        fields={"desc": row.get("tb"), "reason": row.get("trl")},
-    )
+    fields = {"desc": row.get("tb"), "reason": row.get("trl")}
+    return _image(row.get("image_path"), f"{unit.name}:{index}", unit, config, fields=fields)
 
 
 def _from_stage2(index: int, row: dict[str, Any], unit: Unit, config: SourceConfig) -> RawRow:
-    return RawRow(
-        key=f"{unit.name}:{index}",
-        image_path=_resolve(row.get("image_path"), unit, config),
-        fields={
-            "cat_caption": row.get("trp"),
-            "cat_label": row.get("trp_cls"),
-            "image_labels": row.get("trp_cls_ls"),
-        },
-    )
+    fields = {
+        "cat_caption": row.get("trp"),
+        "cat_label": row.get("trp_cls"),
+        "image_labels": row.get("trp_cls_ls"),
+    }
+    return _image(row.get("image_path"), f"{unit.name}:{index}", unit, config, fields=fields)
+
+
+_VERSION_IN_NAME = re.compile(r"v[123]")  # the release's `_replace_data_version` token
+
+
+def _bench_fields(row: dict[str, Any], unit: Unit, image_name: str) -> dict[str, Any]:
+    """The row's sets and its release metadata, each `str(...)`'d as the release does."""
+    version = str(row.get("version", "") or "")
+    if not version:
+        match = _VERSION_IN_NAME.search(os.path.basename(unit.name))
+        version = match.group(0) if match else ""
+    return {
+        "sets": row.get("sets"),
+        "source_id": str(row.get("id", "")),
+        "image_name": image_name,
+        "text": str(row.get("text", "")),
+        "version": version,
+    }
 
 
 def _from_bench_parquet(
     index: int, row: dict[str, Any], unit: Unit, config: SourceConfig
 ) -> RawRow:
+    """A row of build_rclip_parquet.py; decoded later as `datasets.Image` does (EXIF applied)."""
+    key = f"{unit.name}:{index}"
     image = row.get("image") if isinstance(row.get("image"), dict) else {}
-    fields = {"sets": row.get("sets")}
+    fields = _bench_fields(row, unit, str(row.get("image_name", "")))
     if image.get("bytes"):
-        return RawRow(key=f"{unit.name}:{index}", image_bytes=image["bytes"], fields=fields)
-    path = image.get("path") or row.get("image_path")
-    return RawRow(
-        key=f"{unit.name}:{index}", image_path=_resolve(path, unit, config), fields=fields
-    )
+        return RawRow(key=key, image_bytes=image["bytes"], fields=fields)
+    return _image(image.get("path"), key, unit, config, fields=fields)
+
+
+def _from_bench_jsonl(index: int, row: dict[str, Any], unit: Unit, config: SourceConfig) -> RawRow:
+    """A row of the release's JSONL; decoded later as `open_image_rgb` does (no EXIF)."""
+    path = row.get("image_path")
+    name = os.path.basename(path) if isinstance(path, str) else ""
+    fields = _bench_fields(row, unit, name)
+    return _image(path, f"{unit.name}:{index}", unit, config, fields=fields,
+                  exif_transpose=False)
 
 
 def read_stage1(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
@@ -264,7 +323,7 @@ def read_jsonl(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
 def read_bench(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
     if unit.path.endswith(".parquet"):
         return _read_rows(unit, config, _parquet_rows, _from_bench_parquet)
-    return _read_rows(unit, config, _jsonl_rows, _from_jsonl)
+    return _read_rows(unit, config, _jsonl_rows, _from_bench_jsonl)
 
 
 # ----------------------------------------------------------------------------------------------

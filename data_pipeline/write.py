@@ -61,8 +61,14 @@ def write_shard(
     return name
 
 
-def rejection_line(location: str, reason: str, detail: str) -> dict[str, str]:
-    return {"location": location, "reason": reason, "detail": detail}
+def rejection_line(
+    location: str, reason: str, detail: str, set_index: int | None = None
+) -> dict[str, Any]:
+    """A line of rejected.jsonl: a whole row, or (with "set") one benchmark set of a kept row."""
+    line: dict[str, Any] = {"location": location, "reason": reason, "detail": detail}
+    if set_index is not None:
+        line["set"] = set_index
+    return line
 
 
 def finalize(
@@ -70,7 +76,7 @@ def finalize(
     header: dict[str, Any],
     input_rows: int,
     summary: dict[str, Any],
-    rejections: list[dict[str, str]],
+    rejections: list[dict[str, Any]],
     written: list[str],
     num_shards: int,
 ) -> dict[str, Any]:
@@ -84,7 +90,9 @@ def finalize(
             os.remove(path)
 
     rejections = sorted(
-        rejections, key=lambda r: (records.natural_key(r["location"]), r["reason"], r["detail"])
+        rejections,
+        key=lambda r: (records.natural_key(r["location"]), r.get("set", -1), r["reason"],
+                       r["detail"]),
     )
     _replace(
         os.path.join(directory, REJECTED),
@@ -97,7 +105,8 @@ def finalize(
         "num_shards": num_shards,
         "input_rows": input_rows,
         "written": sum(splits.values()),
-        "rejected": len(rejections),
+        "rejected": sum("set" not in r for r in rejections),  # rows; input = written + rejected
+        "dropped_sets": sum("set" in r for r in rejections),  # sets left out of kept rows
         "rejections": dict(sorted(reasons.items())),
         **summary,
     }

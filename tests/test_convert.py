@@ -23,6 +23,10 @@ from reasonclip_jax.train import checkpoint
 
 TINY = get_preset("tiny")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Weights, config, tokenizer and image processor (tests/test_release_files.py), provenance.
+HF_EXPORT_FILES = {"config.json", "model.safetensors", "vocab.json", "merges.txt",
+                   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "preprocessor_config.json", "reasonclip_export.json"}
 
 
 def openai_reference(config=TINY, seed=0) -> OpenAICLIP:
@@ -60,7 +64,7 @@ def test_hf_round_trip_is_bit_exact_and_loads_in_transformers(tmp_path):
     hf.save_pretrained(tmp_path / "hf")
     convert.import_weights("hf", str(tmp_path / "hf"), str(tmp_path / "ckpt"))
     convert.export_weights("hf", str(tmp_path / "ckpt"), str(tmp_path / "hf2"))
-    assert sorted(os.listdir(tmp_path / "hf2")) == ["config.json", "model.safetensors"]
+    assert set(os.listdir(tmp_path / "hf2")) == HF_EXPORT_FILES
     loaded, info = transformers.CLIPModel.from_pretrained(tmp_path / "hf2",
                                                           output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
@@ -260,4 +264,6 @@ print("ok")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
-    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
+    assert set(os.listdir(tmp_path / "out")) == HF_EXPORT_FILES  # tokenizer.json too
+    assert sorted(os.listdir(tmp_path)) == ["ckpt", "hf", "out", "w.safetensors",
+                                            "w.safetensors.provenance.json"]

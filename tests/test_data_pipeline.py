@@ -417,8 +417,10 @@ def _sets(prefix: str, n: int = 5, negatives: int = 4) -> list[dict]:
 
 def test_rclip_bench_parquet_and_jsonl(tmp_path):
     (tmp_path / "imgs").mkdir()
-    (tmp_path / "imgs" / "p1.jpg").write_bytes(image_bytes(400, 300, 50))
-    (tmp_path / "imgs" / "j0.png").write_bytes(image_bytes(90, 120, 51, "PNG"))
+    p1, j0 = image_bytes(400, 300, 50), image_bytes(90, 120, 51, "PNG")
+    (tmp_path / "imgs" / "p1.jpg").write_bytes(p1)
+    (tmp_path / "imgs" / "j0.png").write_bytes(j0)
+    p0 = image_bytes(256, 256, 52)
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     pq.write_table(
         pa.table(
@@ -430,7 +432,7 @@ def test_rclip_bench_parquet_and_jsonl(tmp_path):
                 "sets": [_sets("p0"), _sets("p1"), _sets("p2"), _sets("p3", negatives=3)],
                 "image": pa.array(
                     [
-                        {"bytes": image_bytes(256, 256, 52), "path": None},
+                        {"bytes": p0, "path": None},
                         {"bytes": None, "path": "imgs/p1.jpg"},
                         {"bytes": None, "path": None},
                         {"bytes": image_bytes(64, 64, 53), "path": None},
@@ -442,7 +444,7 @@ def test_rclip_bench_parquet_and_jsonl(tmp_path):
         tmp_path / "v3.parquet",
     )
     rows = [
-        {"image_path": "imgs/j0.png", "sets": _sets("j0")},
+        {"id": "j-0", "image_path": "imgs/j0.png", "sets": _sets("j0")},  # no version field
         {"image_path": "imgs/j0.png", "sets": []},
     ]
     (tmp_path / "v3.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -450,20 +452,60 @@ def test_rclip_bench_parquet_and_jsonl(tmp_path):
     m = build.run(["--source", "rclip-bench", "--input", str(tmp_path / "v3.*"), "--output", out])[
         out
     ]
-    assert m["splits"] == {"test": 3}
+    assert m["splits"] == {"test": 3} and (m["rejected"], m["dropped_sets"]) == (3, 0)
     assert rejected_lines(out) == [
         ("v3.jsonl:1", process.WRONG_CAPTION_COUNT),
         ("v3.parquet:2", process.MISSING_FILE),
-        ("v3.parquet:3", process.WRONG_CAPTION_COUNT),
+        ("v3.parquet:3", process.BAD_SET),  # every set has 3 negatives: the row goes whole
     ]
     assert m["set_tags"] == {t: 3 for t in "AHPST"}
+    assert m["options"]["keep_image_bytes"] is True and m["options"]["min_size"] == 1
     got = {k: r for k, (_, r) in read_back(out).items()}
     assert sorted(got) == ["v3.jsonl:0", "v3.parquet:0", "v3.parquet:1"]
     assert list(got["v3.jsonl:0"].sets) == _sets("j0") and list(got["v3.parquet:1"].sets) == _sets(
         "p1"
     )
-    check_image(got["v3.parquet:1"], (400, 300))
-    check_image(got["v3.jsonl:0"], (90, 120))
+    # Evaluation data: the image files' bytes as they are, at their own size.
+    for key, data, size in [("v3.parquet:0", p0, (256, 256)), ("v3.parquet:1", p1, (400, 300)),
+                            ("v3.jsonl:0", j0, (90, 120))]:
+        assert got[key].image == data and (got[key].width, got[key].height) == size
+    meta = {k: (r.source_id, r.image_name, r.text, r.version) for k, r in got.items()}
+    assert meta == {
+        "v3.parquet:0": ("0", "a", "t", "V3"),
+        "v3.parquet:1": ("1", "b", "t", "V3"),
+        "v3.jsonl:0": ("j-0", "j0.png", "", "v3"),  # the version named by the file, as the
+    }                                                 # release picks its JSONL files
+
+
+def test_image_paths_are_rerooted(tmp_path):
+    from data_pipeline import sources
+
+    resolve = sources.resolve_image_path
+    assert resolve("a/b.jpg", "/in", None) == "/in/a/b.jpg"
+    assert resolve("a/b.jpg", "/in", "/root") == "/root/a/b.jpg"
+    assert resolve("/old/a/b.jpg", "/in", None) == "/old/a/b.jpg"
+    assert resolve("/old/a/b.jpg", "/in", "/root") == "/root/b.jpg"  # the basename
+    assert resolve("/old/a/b.jpg", "/in", "/root", "/old") == "/root/a/b.jpg"
+    assert resolve("/old/a/b.jpg", "/in", None, "/old/") == "/in/a/b.jpg"
+    assert resolve("data/imgs/b.jpg", "/in", "/root", "data/imgs") == "/root/b.jpg"
+    for path, strip in [("/older/b.jpg", "/old"), ("/x/b.jpg", "/old"), ("old/b.jpg", "/old")]:
+        with pytest.raises(ValueError, match="not under --image-root-strip"):
+            resolve(path, "/in", "/root", strip)
+
+    # Through the build: a JSONL written elsewhere, its absolute paths re-rooted.
+    (tmp_path / "local" / "sub").mkdir(parents=True)
+    (tmp_path / "local" / "sub" / "x.png").write_bytes(image_bytes(40, 40, 60, "PNG"))
+    rows = [{"image_path": p, "sets": _sets("r", 1)}
+            for p in ("/home/someone/rclip/sub/x.png", "/elsewhere/sub/x.png")]
+    (tmp_path / "v2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = str(tmp_path / "out")
+    m = build.run(["--source", "rclip-bench", "--input", str(tmp_path / "v2.jsonl"),
+                   "--image-root", str(tmp_path / "local"), "--image-root-strip",
+                   "/home/someone/rclip", "--output", out])[out]
+    assert m["splits"] == {"test": 1} and m["options"]["image_root_strip"] == "/home/someone/rclip"
+    assert rejected_lines(out) == [("v2.jsonl:1", process.MISSING_FILE)]
+    (r,) = records.ShardDirectory(out, "test").read_all()
+    assert (r.key, r.image_name) == ("v2.jsonl:0", "x.png")
 
 
 def test_scenes_write_three_directories(tmp_path):
@@ -496,6 +538,11 @@ def test_scenes_write_three_directories(tmp_path):
         assert list(bench[s.key][1].sets) == [dict(x) for x in s.bench_sets]
     assert all(m["rejected"] == 0 for m in manifests.values())
     assert {split for split, _ in bench.values()} == {"test"}
+    for s in held_out:  # the benchmark keeps the PNG the scene was drawn as; training, JPEGs
+        png = io.BytesIO()
+        s.image.save(png, "PNG")
+        assert bench[s.key][1].image == png.getvalue()
+    assert all(r.image[:3] == b"\xff\xd8\xff" for _, r in stage1.values())
     for s in expected:
         r = stage1[s.key][1]
         assert (r.desc, r.reason, (r.width, r.height)) == (s.desc, s.reason, (64, 64))

@@ -43,14 +43,15 @@ def png_header_only(width: int, height: int) -> bytes:
     )
 
 
-def run(fields=None, schema=ANY, image: bytes | None = None, path: str | None = None):
+def run(fields=None, schema=ANY, image: bytes | None = None, path: str | None = None,
+        fmt: P.ImageOptions = OPTIONS):
     row = P.RawRow(
         "f.jsonl:7",
         image_bytes=image,
         image_path=path,
         fields={"desc": ["a cat"]} if fields is None else fields,
     )
-    return P.process_row(row, "test", schema, OPTIONS)
+    return P.process_row(row, "test", schema, fmt)
 
 
 def reason_of(result) -> str:
@@ -107,10 +108,93 @@ def test_stage2_fields_and_labels():
     assert (r.cat_caption, r.cat_label, r.image_labels) == ("it will fall", 4, (0, 4, 2))
 
 
-def test_bench_sets_are_cleaned():
-    sets = [{"tag": "S", "gt": " left  of ", "neg": ["a", "b", "c", "d"]}]
-    r = run({"sets": sets}, P.Schema(sets=True), image=jpeg(64, 64)).record
-    assert r.sets == ({"tag": "S", "gt": "left of", "neg": ["a", "b", "c", "d"]},)
+BENCH = P.Schema(sets=True)
+
+
+def test_bench_sets_strip_ends_only_and_keep_tags_verbatim():
+    # The release's validate_set_item: gt and negatives `.strip()`ed, inner spaces kept, the
+    # tag as it is (even surrounding spaces).
+    sets = [{"tag": " Att. ", "gt": " left  of\n", "neg": ["\ta", "b ", " c  d", "e"]}]
+    result = run({"sets": sets}, BENCH, image=jpeg(64, 64))
+    assert result.record.sets == ({"tag": " Att. ", "gt": "left  of", "neg": ["a", "b", "c  d",
+                                                                              "e"]},)
+    assert result.dropped_sets == () and result.record.set_index == ()
+
+
+def test_malformed_sets_are_dropped_one_by_one():
+    good = {"tag": "S", "gt": "g", "neg": ["a", "b", "c", "d"]}
+    sets = [
+        {**good, "tag": ""},  # bad tag
+        good,
+        {**good, "tag": 3},  # bad tag
+        {**good, "gt": "  "},  # bad gt
+        {**good, "neg": ["a", "b", "c"]},  # bad neg: 3
+        {**good, "neg": ["a", "b", "c", 4]},  # bad neg: not a string
+        {**good, "neg": ("a", "b", "c", "d")},  # bad neg: not a list (JSON gives lists)
+        {**good, "neg": ["a", "b", " ", "d"]},  # bad neg: empty once stripped
+        "not a set",
+        {**good, "gt": "lone \udc80"},  # valid for the release, but no UTF-8 exists for it
+        {**good, "tag": "A"},
+    ]
+    result = run({"sets": sets}, BENCH, image=jpeg(64, 64))
+    assert result.record.sets == (good, {**good, "tag": "A"})
+    assert result.record.set_index == (1, 10)
+    why = {r.set_index: r.detail for r in result.dropped_sets}
+    assert all(r.reason == P.BAD_SET and r.location == "f.jsonl:7" for r in result.dropped_sets)
+    assert sorted(why) == [0, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert [why[i].split(":")[0] for i in (0, 2, 3, 4, 5, 6, 7)] == (
+        ["bad tag"] * 2 + ["bad gt"] + ["bad neg"] * 4)
+    assert why[8].startswith("not an object") and why[9].startswith(P.NON_UTF8)
+
+
+def test_a_row_goes_whole_only_without_a_valid_set():
+    bad = [{"tag": "", "gt": "g", "neg": list("abcd")}, {"tag": "S", "gt": "", "neg": list("abcd")}]
+    rejection = run({"sets": bad}, BENCH, image=jpeg(64, 64))
+    assert reason_of(rejection) == P.BAD_SET
+    assert rejection.detail == "no valid set: sets[0] bad tag; sets[1] bad gt"
+    assert reason_of(run({"sets": []}, BENCH, image=jpeg(64, 64))) == P.WRONG_CAPTION_COUNT
+    # A training row with captions keeps them; its malformed sets are reported and left out.
+    kept = run({"desc": ["a cat"], "sets": bad}, ANY, image=jpeg(64, 64))
+    assert kept.record.desc == ("a cat",) and kept.record.sets == ()
+    assert [r.set_index for r in kept.dropped_sets] == [0, 1]
+
+
+def test_benchmark_metadata_is_kept_verbatim():
+    fields = {"sets": [{"tag": "S", "gt": "g", "neg": list("abcd")}], "source_id": " 07",
+              "image_name": "x y.jpg", "text": "  two  cats ", "version": "v3"}
+    r = run(fields, BENCH, image=jpeg(64, 64)).record
+    assert (r.source_id, r.image_name, r.text, r.version) == (" 07", "x y.jpg", "  two  cats ",
+                                                              "v3")
+
+
+def _saved(image: Image.Image, fmt: str, **save) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **save)
+    return out.getvalue()
+
+
+def test_kept_bytes_are_the_input_file():
+    rgba = _saved(Image.new("RGBA", (10, 6), (0, 0, 0, 0)), "PNG")  # tiny and transparent
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    rotated = jpeg(80, 40, exif=exif.tobytes())
+    cases = [  # (image, the source's EXIF rule, expected (width, height, exif_transpose))
+        (rgba, True, (10, 6, False)),
+        (rotated, False, (80, 40, False)),  # the JSONL path: the orientation is ignored
+        (rotated, True, (40, 80, True)),  # the parquet path (datasets.Image): applied
+        (jpeg(80, 40), True, (80, 40, False)),  # no Orientation tag: nothing to apply
+    ]
+    for data, rule, expected in cases:
+        row = P.RawRow("f.jsonl:7", image_bytes=data, fields={"desc": ["a"]}, exif_transpose=rule)
+        r = P.process_row(row, "test", ANY, P.EVAL_IMAGE_OPTIONS).record
+        assert r.image == data and (r.width, r.height, r.exif_transpose) == expected
+    whole = jpeg(300, 200)
+    assert reason_of(run(image=whole[: len(whole) // 2], fmt=P.EVAL_IMAGE_OPTIONS)) == P.TRUNCATED
+    assert reason_of(run(image=b"not an image", fmt=P.EVAL_IMAGE_OPTIONS)) == P.UNDECODABLE
+    # Training data may keep its bytes too, with the training size checks.
+    training = P.ImageOptions(keep_bytes=True)
+    assert reason_of(run(image=jpeg(31, 200), fmt=training)) == P.TOO_SMALL
+    assert run(image=whole, fmt=training).record.image == whole
 
 
 def test_every_image_rejection(tmp_path):
@@ -162,7 +246,7 @@ def test_every_caption_rejection():
             P.WRONG_LABEL_COUNT,
         ),
         ({"cat_label": "S", "image_labels": ["S", "A", "H"]}, STAGE2, P.WRONG_CAPTION_COUNT),
-        ({"sets": [{"tag": "S", "gt": "g", "neg": ["a", "b", "c"]}]}, ANY, P.WRONG_CAPTION_COUNT),
+        ({"sets": [{"tag": "S", "gt": "g", "neg": ["a", "b", "c"]}]}, ANY, P.BAD_SET),
         ({"desc": 5}, ANY, P.MALFORMED),
         ({"desc": [None]}, ANY, P.MALFORMED),
     ]

@@ -138,16 +138,20 @@ def bench_set(tag: str, gt: str, neg: Sequence[str]) -> dict:
 
 def test_rclip_bench_planted_answers(tmp_path):
     # Every distinct caption is its own basis vector; an image is the sum of the captions it
-    # should pick, so we know each set's outcome: right, wrong, or a tie (which is wrong).
+    # should pick, so we know each set's outcome: right, wrong, or a tie, which goes to the
+    # first of the tied captions, as `torch.argmax` does in the release (a tie with the gt,
+    # column 0, is right).
     sets = [
         [bench_set("S", "s0", ["n0", "n1", "n2", "n3"]),   # right
          bench_set("A", "a0", ["a1", "n4", "n5", "n6"])],  # picks a1: wrong
         [bench_set("S", "s1", ["n7", "n8", "n9", "n10"]),  # right
-         bench_set("S", "s2", ["s3", "n11", "n12", "n13"])],  # s2 and s3 equal: tie, wrong
+         bench_set("S", "s2", ["s3", "n11", "n12", "n13"])],  # s2 and s3 equal: tie, right
         [bench_set("A", "a2", ["n0", "n1", "n2", "n3"]),   # right
-         bench_set("H", "h0", ["h0", "n1", "n2", "n3"])],  # a negative equal to gt: tie, wrong
+         bench_set("H", "h0", ["h0", "n1", "n2", "n3"]),   # a negative equal to gt: tie, right
+         bench_set("H", "h1", ["n1", "h2", "h3", "n2"])],  # h2, h3 tie above h1: picks h2
     ]
-    picks = [["s0", "a1"], ["s1", "s2", "s3"], ["a2", "h0"]]
+    picks = [["s0", "a1"], ["s1", "s2", "s3"], ["a2", "h0", "h2", "h3"]]
+    chosen = {"s0": 0, "a0": 1, "s1": 0, "s2": 0, "a2": 0, "h0": 0, "h1": 2}
     captions = sorted({c for image in sets for s in image for c in [s["gt"], *s["neg"]]})
     dim = len(captions)
     text_vectors = {c: basis(dim, i) for i, c in enumerate(captions)}
@@ -161,14 +165,87 @@ def test_rclip_bench_planted_answers(tmp_path):
     data_dir = write_shards(str(tmp_path / "bench"), recs)
     embedder = PlantedEmbedder(image_vectors, text_vectors, dim)
 
-    metrics = rclip_bench.evaluate(embedder, data_dir)
+    prefix = str(tmp_path / "out")
+    metrics = rclip_bench.evaluate(embedder, data_dir, results_prefix=prefix)
     assert metrics == {
-        "accuracy": 3 / 6, "acc_A": 1 / 2, "acc_H": 0.0, "acc_S": 2 / 3,
-        "num_sets": 6.0, "num_skipped": 1.0,
+        "accuracy": 5 / 7, "acc_A": 1 / 2, "acc_H": 1 / 2, "acc_S": 3 / 3,
+        "num_sets": 7.0, "num_skipped": 1.0,
     }
     assert embedder.calls == 1  # all captions embedded at once, each distinct one once
+    with open(f"{prefix}.items.jsonl") as f:
+        items = [json.loads(line) for line in f]
+    assert {i["key"]: None for i in items} == {"k0": None, "k1": None, "k2": None}  # in order
+    assert {(i["key"], i["set"]): i["chosen"] for i in items} == {
+        (f"k{r}", j): chosen[s["gt"]] for r, image_sets in enumerate(sets)
+        for j, s in enumerate(image_sets)
+    }
+    assert all(i["correct"] == (i["chosen"] == 0) and "scores" not in i for i in items)
+    with open(f"{prefix}.near_ties.jsonl") as f:  # exact ties at the top: s2, h0, h1
+        assert sorted((t["key"], t["set"]) for t in map(json.loads, f)) == [
+            ("k1", 1), ("k2", 1), ("k2", 2)]
     first = rclip_bench.evaluate(embedder, data_dir, max_examples=2)  # image 0 and the corrupt
     assert (first["accuracy"], first["num_sets"], first["num_skipped"]) == (0.5, 2.0, 1.0)
+
+
+def test_rclip_bench_items_in_the_release_units_with_a_logit_scale(tmp_path):
+    image = png(7)
+    recs = [records.Record(id="0" * 32, source="rclip-bench", key="v1.jsonl:0", image=image,
+                           sets=(bench_set("Att.", "x", ["y", "z", "w", "v"]),), source_id="17",
+                           image_name="a.jpg", version="v1", set_index=(2,))]
+    data_dir = write_shards(str(tmp_path / "bench"), recs)
+    rng = np.random.default_rng(3)
+    embedder = PlantedEmbedder({image: rng.normal(size=4)},
+                               {t: rng.normal(size=4) for t in "xyzwv"}, 4)
+    embedder.logit_scale = 100.0
+    metrics = rclip_bench.evaluate(embedder, data_dir, results_prefix=str(tmp_path / "m"))
+    assert set(metrics) == {"accuracy", "acc_Att.", "num_sets", "num_skipped"}  # tag verbatim
+    with open(tmp_path / "m.items.jsonl") as f:
+        (item,) = map(json.loads, f)
+    image_vector = embedder.images(pixels_of(image)[None])[0].astype(np.float64)
+    cosine = [float(image_vector @ embedder.texts([t])[0]) for t in "xyzwv"]
+    assert (item["id"], item["image_name"], item["version"], item["set"], item["tag"]) == (
+        "17", "a.jpg", "v1", 2, "Att.")
+    np.testing.assert_allclose(item["cosine"], cosine, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(item["scores"], 100 * np.asarray(cosine), rtol=0, atol=1e-10)
+    top = sorted(cosine)
+    assert item["cosine_margin"] == pytest.approx(top[-1] - top[-2], abs=1e-12)
+    assert item["chosen"] == int(np.argmax(cosine)) and metrics["accuracy"] == item["correct"]
+
+
+def test_rclip_bench_versions_are_never_merged(tmp_path):
+    rng = np.random.default_rng(5)
+    images = [png(200 + i) for i in range(6)]
+    versions = ["v1", "v3", "v1", "v3", "v3", "v1"]
+    tags = ["Att.", "S", "Rel.", "A", "S", "Att."]
+    recs = [record(i, img, version=v, sets=(bench_set(t, f"g{i}", [f"n{i}.{j}" for j in
+                                                                   range(4)]),))
+            for i, (img, v, t) in enumerate(zip(images, versions, tags, strict=True))]
+    data_dir = write_shards(str(tmp_path / "bench"), recs)
+    words = {c for r in recs for s in r.sets for c in [s["gt"], *s["neg"]]}
+    embedder = PlantedEmbedder({img: rng.normal(size=5) for img in images},
+                               {w: rng.normal(size=5) for w in sorted(words)}, 5)
+    with pytest.raises(UserError, match="versions 'v1', 'v3'.*version=all"):
+        rclip_bench.evaluate(embedder, data_dir)
+    with pytest.raises(UserError, match="no records of version 'v2'; it holds 'v1', 'v3'"):
+        rclip_bench.evaluate(embedder, data_dir, version="v2")
+    alone = {v: rclip_bench.evaluate(embedder, data_dir, version=v) for v in ("v1", "v3")}
+    assert alone["v1"]["num_sets"] == 3 and set(alone["v1"]) == {
+        "accuracy", "acc_Att.", "acc_Rel.", "num_sets", "num_skipped"}
+    every = rclip_bench.evaluate(embedder, data_dir, version="all")
+    assert every == {"num_skipped": 0.0, **{f"{v}/{k}": x for v, m in alone.items()
+                                            for k, x in m.items() if k != "num_skipped"}}
+    # Reference: each version's sets scored on their own, argmax with first-index ties.
+    for v, metrics in alone.items():
+        hits = {}
+        for r, img in zip(recs, images, strict=True):
+            if r.version == v:
+                s = r.sets[0]
+                cos = [embedder.images(pixels_of(img)[None])[0].astype(np.float64)
+                       @ embedder.texts([c])[0] for c in [s["gt"], *s["neg"]]]
+                hits.setdefault(s["tag"], []).append(int(np.argmax(cos)) == 0)
+        every_hit = [h for values in hits.values() for h in values]
+        assert metrics["accuracy"] == sum(every_hit) / len(every_hit)
+        assert all(metrics[f"acc_{t}"] == sum(h) / len(h) for t, h in hits.items())
 
 
 def test_rclip_bench_matches_float64_loop(tmp_path):
@@ -195,7 +272,7 @@ def test_rclip_bench_matches_float64_loop(tmp_path):
                 float(np.dot(v, embedder.text_vector(c)) / np.linalg.norm(embedder.text_vector(c)))
                 for c in [s["gt"], *s["neg"]]
             ]
-            correct.setdefault(s["tag"], []).append(cos[0] > max(cos[1:]))
+            correct.setdefault(s["tag"], []).append(int(np.argmax(cos)) == 0)
     every = [c for values in correct.values() for c in values]
     expected = {"accuracy": sum(every) / len(every)}
     expected.update({f"acc_{t}": sum(v) / len(v) for t, v in correct.items()})

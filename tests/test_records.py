@@ -1,6 +1,7 @@
 """The shard record format: deterministic round trip, corrupt input, manifest version."""
 
 import json
+import struct
 
 import pytest
 
@@ -38,3 +39,34 @@ def test_manifest_version_is_checked(tmp_path):
     with pytest.raises(UserError, match="version 99, this code reads version 1"):
         records.read_manifest(str(tmp_path))
     assert records.shard_name("train", 3, 16) == "train-00003-of-00016.array_record"
+
+
+def test_benchmark_fields_round_trip():
+    record = records.Record(
+        id="abc", source="rclip-bench", key="v1.parquet:0", image=b"\x89PNG-bytes", width=10,
+        height=10, sets=({"tag": "Att.", "gt": "g", "neg": ["a", "b", "c", "d"]},),
+        source_id="007", image_name="test_01.jpg", text="a dog", version="v1", set_index=(3,),
+        exif_transpose=True,
+    )
+    assert records.decode_record(records.encode_record(record)) == record
+
+
+def _old_format(record: records.Record) -> bytes:
+    """The encoding before the optional keys existed: exactly these 11 keys."""
+    keys = ("id", "source", "key", "width", "height", "desc", "reason", "cat_caption",
+            "cat_label", "image_labels", "sets")
+    header = {k: getattr(record, k) for k in keys}
+    for k in ("desc", "reason", "image_labels", "sets"):
+        header[k] = list(header[k])
+    blob = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return b"RCR1" + struct.pack("<I", len(blob)) + blob + record.image
+
+
+def test_old_records_decode_with_the_new_fields_empty_and_encode_the_same():
+    old = _old_format(_record())
+    decoded = records.decode_record(old)
+    assert decoded == _record()
+    assert (decoded.source_id, decoded.image_name, decoded.text, decoded.version) == ("",) * 4
+    assert decoded.set_index == () and decoded.exif_transpose is False
+    # A record without the new fields writes the bytes it always did (training shards, hashes).
+    assert records.encode_record(_record()) == old

@@ -5,7 +5,8 @@ Format version 1. One ArrayRecord record is one example:
     bytes 0..3   magic b"RCR1"
     bytes 4..7   little-endian uint32 H: length of the header
     bytes 8..8+H UTF-8 JSON header (keys sorted, no whitespace)
-    the rest     the encoded image (JPEG), possibly empty for text-only records
+    the rest     the encoded image (JPEG re-encoded by the preprocessing, or the source file's
+                 bytes as they are for evaluation data), possibly empty for text-only records
 
 Header keys (all present; unused ones are empty lists / null):
     id            str        stable record id (hash of source + source key)
@@ -18,6 +19,18 @@ Header keys (all present; unused ones are empty lists / null):
     cat_label     int|null   its category index, S=0 A=1 H=2 T=3 P=4 ("trp_cls")
     image_labels  list[int]  the image's category indices ("trp_cls_ls", 3 of 5)
     sets          list[dict] benchmark sets {"tag": str, "gt": str, "neg": [4 str]}
+
+Optional header keys, written only when set (so records without them encode to the same bytes
+as before they existed, and older records decode with them empty):
+    source_id      str        the row's own id in its source (RCLIP-Bench `id`)
+    image_name     str        the image's file name in its source (RCLIP-Bench `image_name`)
+    text           str        the image's description in its source (RCLIP-Bench `text`)
+    version        str        the benchmark version the row belongs to (RCLIP-Bench `version`)
+    set_index      list[int]  position of each kept set in the source row's `sets` (absent:
+                              every set was kept, in order)
+    exif_transpose bool       decoders apply the image's EXIF orientation before use (what the
+                              release's parquet path gets from `datasets.Image`); absent: the
+                              bytes decode as they are (`PIL.Image.open(...).convert("RGB")`)
 
 A shard directory holds `{split}-{shard:05d}-of-{N:05d}.array_record` files and a
 `manifest.json` whose "format_version" must equal `FORMAT_VERSION`.
@@ -63,19 +76,29 @@ class Record:
     cat_label: int | None = None
     image_labels: tuple[int, ...] = ()
     sets: tuple[dict[str, Any], ...] = ()
+    source_id: str = ""
+    image_name: str = ""
+    text: str = ""
+    version: str = ""
+    set_index: tuple[int, ...] = ()
+    exif_transpose: bool = False
 
 
 _HEADER_KEYS = (
     "id", "source", "key", "width", "height", "desc", "reason",
     "cat_caption", "cat_label", "image_labels", "sets",
 )
+# Optional keys, left out of the header while empty (their defaults are all falsy).
+_OPTIONAL_KEYS = ("source_id", "image_name", "text", "version", "set_index", "exif_transpose")
 
 
 def encode_record(record: Record) -> bytes:
     """Serialises a `Record` deterministically (same record -> same bytes)."""
     header = {k: getattr(record, k) for k in _HEADER_KEYS}
-    for k in ("desc", "reason", "image_labels", "sets"):
-        header[k] = list(header[k])
+    header.update((k, getattr(record, k)) for k in _OPTIONAL_KEYS if getattr(record, k))
+    for k in ("desc", "reason", "image_labels", "sets", "set_index"):
+        if k in header:
+            header[k] = list(header[k])
     blob = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return MAGIC + struct.pack("<I", len(blob)) + blob + record.image
 
@@ -96,6 +119,9 @@ def decode_record(data: bytes) -> Record:
         width=h["width"], height=h["height"], desc=tuple(h["desc"]), reason=tuple(h["reason"]),
         cat_caption=h["cat_caption"], cat_label=h["cat_label"],
         image_labels=tuple(h["image_labels"]), sets=tuple(h["sets"]),
+        source_id=h.get("source_id", ""), image_name=h.get("image_name", ""),
+        text=h.get("text", ""), version=h.get("version", ""),
+        set_index=tuple(h.get("set_index", ())), exif_transpose=h.get("exif_transpose", False),
     )
 
 

@@ -1,8 +1,13 @@
 """Evaluators: metrics of a model seen through an `Embedder`, one module per benchmark.
 
-    rclip_bench   RCLIP-Bench set accuracy, overall and per tag        (rclip_bench.py)
-    retrieval     image <-> text recall@1/5/10                         (retrieval.py)
-    zero_shot     zero-shot top-1/top-5 with template ensembles       (zero_shot.py)
+    rclip_bench         RCLIP-Bench set accuracy, overall and per tag   (rclip_bench.py)
+    retrieval           image <-> text recall@1/5/10, a shard directory (retrieval.py)
+    rclip_retrieval     RCLIP-5K-V3 retrieval from RCLIP-Bench shards   (rclip_retrieval.py)
+    retrieval_karpathy  retrieval, Karpathy-split JSON + image root     (retrieval_formats.py)
+    retrieval_wds       retrieval, CLIP_benchmark webdataset tars       (retrieval_formats.py)
+    zero_shot           zero-shot top-1/top-5, CLIP_benchmark tars      (zero_shot.py)
+    zero_shot_folder    zero-shot, an image-folder tree                 (zero_shot_formats.py)
+    zero_shot_tfds      zero-shot, a TFDS dataset (no TensorFlow)       (zero_shot_formats.py)
 
 A config lists evaluators as dicts or ConfigDicts, each the keyword arguments of its
 module's `evaluate` plus `type` (a key of `EVALUATORS`) and `name` (the metric prefix,
@@ -12,6 +17,9 @@ default the type):
         dict(type="rclip_bench", name="scenes_bench", data_dir="out/scenes/bench"),
         dict(type="retrieval", name="scenes_s1", data_dir="out/scenes/stage1", split="train",
              caption_field="desc", max_examples=1000),
+        dict(type="rclip_retrieval", name="rclip5k_v3", data_dir="out/rclip_bench_v3"),
+        dict(type="zero_shot_tfds", name="in1k", data_dir="data/tfds", dataset="imagenet2012",
+             split="validation"),
     ]
     embedder = encoder.Encoder(params, model_config, batch_size, mesh=mesh)
     metrics = evaluators.run_evaluators(config.evals, embedder)
@@ -36,14 +44,27 @@ from typing import Any
 from absl import logging
 
 from reasonclip_jax.errors import UserError
-from reasonclip_jax.evaluators import common, rclip_bench, retrieval, zero_shot
+from reasonclip_jax.evaluators import (
+    common,
+    rclip_bench,
+    rclip_retrieval,
+    retrieval,
+    retrieval_formats,
+    zero_shot,
+    zero_shot_formats,
+)
 
 Evaluate = Callable[..., dict[str, float]]
 
 EVALUATORS: dict[str, Evaluate] = {
     "rclip_bench": rclip_bench.evaluate,
     "retrieval": retrieval.evaluate,
+    "rclip_retrieval": rclip_retrieval.evaluate,
+    "retrieval_karpathy": retrieval_formats.evaluate_karpathy,
+    "retrieval_wds": retrieval_formats.evaluate_wds,
     "zero_shot": zero_shot.evaluate,
+    "zero_shot_folder": zero_shot_formats.evaluate_folder,
+    "zero_shot_tfds": zero_shot_formats.evaluate_tfds,
 }
 
 

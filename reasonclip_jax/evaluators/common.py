@@ -7,9 +7,15 @@ across processes and embeddings come back replicated to every process); tests pl
 embeddings with fakes of the same shape.
 
 Records are read in shard order, so `max_examples=N` always means the same first N records.
-Undecodable images are skipped and counted, never fatal. Images are decoded, preprocessed
-and embedded a chunk at a time, so memory holds the encoded records and the embeddings, not
-the pixels of a whole gallery.
+Undecodable images are skipped and counted, never fatal. Images are read, decoded,
+preprocessed and embedded a chunk at a time, so memory holds one chunk of image bytes and
+the embeddings, not the images of a whole gallery (evaluation data keeps its original,
+full-size image files).
+
+Decoding follows the RCLIP-Bench release (`eval/eval_RCLIP.py`): `PIL.Image.open` then
+`convert("RGB")` (alpha dropped the PIL way, no EXIF orientation), except for records marked
+`exif_transpose` (rows of the release's parquet), which first get the EXIF orientation as
+`datasets.Image` applies it on the release's parquet path.
 
     python -c "from reasonclip_jax.evaluators import common; \
 print(len(common.read_records('out/scenes/bench', 'test')))"
@@ -18,10 +24,14 @@ print(len(common.read_records('out/scenes/bench', 'test')))"
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import io
+import itertools
+from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import PIL.Image
+import PIL.ImageOps
 from absl import logging
 
 from reasonclip_jax.data import records, transforms
@@ -33,7 +43,10 @@ DEFAULT_CHUNK = 256  # images decoded and preprocessed at a time
 class Embedder(Protocol):
     """L2-normalised embeddings: `images` of float32 [B, S, S, 3] pixels preprocessed with
     `transforms.eval_transform(image, image_size)`, `texts` of raw strings; both
-    return float32 [B, D]. `encoder.Encoder` is one."""
+    return float32 [B, D]. `encoder.Encoder` is one.
+
+    An embedder may also carry `logit_scale` (float: the model's exp(logit scale)); RCLIP-Bench
+    then also reports its scores in the release's units, logit_scale x cosine."""
 
     image_size: int
 
@@ -59,10 +72,30 @@ def read_records(
     return [source.read(i) for i in range(n)]
 
 
+def decode_image(data: bytes, exif_transpose: bool = False) -> PIL.Image.Image:
+    """Encoded image bytes -> RGB PIL image, as the release decodes RCLIP-Bench images.
+
+    Without `exif_transpose`: `Image.open(...).convert("RGB")` (`open_image_rgb`, the JSONL
+    path). With it: `datasets.Image.decode_example` (open, load, `ImageOps.exif_transpose`
+    when the EXIF has an Orientation tag) then `convert("RGB")` (the parquet/Hub path).
+    Raises one of `transforms.DECODE_ERRORS` on corrupt or empty input.
+    """
+    if not exif_transpose:
+        return transforms.decode_image(data)
+    if not data:
+        raise ValueError("empty image bytes")
+    with PIL.Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if image.getexif().get(PIL.Image.ExifTags.Base.Orientation) is not None:
+            return PIL.ImageOps.exif_transpose(image).convert("RGB")
+        return image.convert("RGB")
+
+
 def preprocess_images(
-    images: Sequence[bytes], image_size: int
+    images: Sequence[bytes], image_size: int, exif_transpose: Sequence[bool] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes and eval-transforms encoded images.
+    """Decodes (`decode_image`, with image i's `exif_transpose[i]`) and eval-transforms
+    encoded images.
 
     Returns (pixels float32 [K, S, S, 3] of the decodable ones, `kept` bool [len(images)]);
     empty or corrupt images are the False entries of `kept`.
@@ -70,7 +103,7 @@ def preprocess_images(
     pixels, kept = [], np.zeros(len(images), bool)
     for i, data in enumerate(images):
         try:
-            image = transforms.decode_image(data)
+            image = decode_image(data, exif_transpose is not None and bool(exif_transpose[i]))
         except transforms.DECODE_ERRORS:
             continue
         pixels.append(transforms.eval_transform(image, image_size))
@@ -81,14 +114,18 @@ def preprocess_images(
 
 
 def embed_images(
-    embedder: Embedder, images: Sequence[bytes], chunk_size: int = DEFAULT_CHUNK
+    embedder: Embedder,
+    images: Sequence[bytes],
+    chunk_size: int = DEFAULT_CHUNK,
+    exif_transpose: Sequence[bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings [K, D] of the decodable images, `kept` bool [len(images)]), a chunk at a
     time."""
     embeds, kept = [], []
     for start in range(0, len(images), chunk_size):
         chunk = images[start : start + chunk_size]
-        pixels, chunk_kept = preprocess_images(chunk, embedder.image_size)
+        flags = None if exif_transpose is None else exif_transpose[start : start + chunk_size]
+        pixels, chunk_kept = preprocess_images(chunk, embedder.image_size, flags)
         kept.append(chunk_kept)
         if len(pixels):
             embeds.append(np.asarray(embedder.images(pixels), np.float32))
@@ -108,11 +145,38 @@ def embed_texts(embedder: Embedder, texts: Sequence[str]) -> tuple[np.ndarray, n
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddedSplit:
-    """The records of a split whose images decoded, and their image embeddings."""
+    """The records of a split whose images decoded (without their image bytes), and their
+    image embeddings."""
 
     records: list[records.Record]
     image_embeds: np.ndarray  # [len(records), D]
     num_skipped: int
+
+
+def embed_records(
+    embedder: Embedder,
+    recs: Iterable[records.Record],
+    chunk_size: int = DEFAULT_CHUNK,
+    where: str = "",
+) -> EmbeddedSplit:
+    """Embeds the images of `recs` (consumed lazily, a chunk at a time); drops (and counts,
+    and logs) undecodable ones. Records come back without their image bytes."""
+    kept_records, embeds, skipped = [], [], 0
+    stream = iter(recs)
+    while chunk := list(itertools.islice(stream, chunk_size)):
+        chunk_embeds, kept = embed_images(
+            embedder, [r.image for r in chunk], chunk_size, [r.exif_transpose for r in chunk]
+        )
+        skipped += int(len(chunk) - kept.sum())
+        if len(chunk_embeds):
+            embeds.append(chunk_embeds)
+        kept_records += [
+            dataclasses.replace(r, image=b"") for r, k in zip(chunk, kept, strict=True) if k
+        ]
+    if skipped:
+        logging.warning("%s: skipped %d undecodable images", where, skipped)
+    image_embeds = np.concatenate(embeds) if embeds else np.zeros((0, 0), np.float32)
+    return EmbeddedSplit(kept_records, image_embeds, skipped)
 
 
 def embed_split(
@@ -122,10 +186,10 @@ def embed_split(
     max_examples: int | None = None,
     chunk_size: int = DEFAULT_CHUNK,
 ) -> EmbeddedSplit:
-    """Reads a split, embeds its images, drops (and counts, and logs) undecodable ones."""
-    recs = read_records(data_dir, split, max_examples)
-    embeds, kept = embed_images(embedder, [r.image for r in recs], chunk_size)
-    skipped = int(len(recs) - kept.sum())
-    if skipped:
-        logging.warning("%s/%s: skipped %d undecodable images", data_dir, split, skipped)
-    return EmbeddedSplit([r for r, k in zip(recs, kept, strict=True) if k], embeds, skipped)
+    """Reads the first `max_examples` records of a split (all if None), embeds their images,
+    drops (and counts, and logs) undecodable ones."""
+    source = records.ShardDirectory(data_dir, split)
+    n = len(source) if max_examples is None else min(max_examples, len(source))
+    return embed_records(
+        embedder, (source.read(i) for i in range(n)), chunk_size, f"{data_dir}/{split}"
+    )

@@ -199,14 +199,27 @@ def topk_indices(scores: Sequence[float] | np.ndarray, k: int) -> list[int]:
     return [j for _, j in q[:k]]
 
 
+def distinct_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct rows of x, index [len(x)] of each row's copy among them). Score a query
+    against the distinct rows and expand with the index: equal gallery embeddings then get
+    bitwise-equal scores (exact ties) whatever the matmul kernel does with their columns."""
+    distinct, index = np.unique(x, axis=0, return_inverse=True)
+    return distinct, index.reshape(-1)
+
+
+def check_ties(ties: str) -> None:
+    """A `UserError` unless `ties` is one of TIES."""
+    if ties not in TIES:
+        raise UserError(f"unknown ties '{ties}'; choose one of {list(TIES)}")
+
+
 def hits_at(
     scores: np.ndarray, positive: np.ndarray, ks: Sequence[int], ties: str = "topk"
 ) -> np.ndarray:
     """bool [len(ks), Q]: whether query q has a correct item (`positive[q]`, bool [Q, N]) among
     its top k of `scores[q]` (float [Q, N]), exact ties ordered by `ties` (see the module
     docstring). Every query needs at least one correct item."""
-    if ties not in TIES:
-        raise UserError(f"unknown ties '{ties}'; choose one of {list(TIES)}")
+    check_ties(ties)
     ks_array = np.asarray(ks)[:, None]
     best = np.where(positive, scores, -np.inf).max(axis=1)
     above = np.sum(scores > best[:, None], axis=1)  # only wrong items can beat the best

@@ -1,43 +1,44 @@
-"""Zero-shot classification with prompt-template ensembles (CLIP's ImageNet protocol).
+"""Zero-shot classification with prompt-template ensembles, as the release's
+eval/eval_zeroshot_imagenet.py (CLIP_benchmark's protocol).
 
 A class's embedding is the normalised mean of the normalised embeddings of its prompts, one
 per template (`template` with `{c}`, or `{}`, replaced by the class name); an image's logits
-are its embedding times the class matrix. Metrics: `top1`, and `top5` when there are more
-than 5 classes; ties go against the model (a label ranks below every class scoring at least
-as high); `num_images`, `num_skipped` (samples without a decodable image or an integer
-label).
+are its embedding times the class matrix. Metrics: `top1`, and `top5` when there are at
+least 5 classes, read off `torch.topk(logits, min(5, C))` as the release does, exact ties
+ordered as CPU torch.topk orders them (`ranking`; ImageNet has two classes named "missile"
+and two "sunglasses", whose embeddings tie exactly); `num_images`, `num_skipped` (samples
+without a decodable image or an integer label).
 
-Data, the CLIP_benchmark webdataset layout (e.g. `wds_imagenet1k`):
+Data, the CLIP_benchmark webdataset layout (e.g. `wds_imagenet1k`), evaluator type
+`zero_shot`:
 
     DATA_DIR/classnames.txt                           one class name per line, label order
     DATA_DIR/zeroshot_classification_templates.txt   one template per line
     DATA_DIR/SPLIT/*.tar                             KEY.jpg|jpeg|png|webp + KEY.cls
 
 read with `reasonclip_jax.data.webdataset`, shards in natural order (2.tar before 10.tar),
-a sample's files adjacent in its tar as webdataset writes them. `evaluate_arrays` takes the
-same inputs as arrays.
+a sample's files adjacent in its tar as webdataset writes them. Image folders and TFDS
+datasets: zero_shot_formats.py. `evaluate_arrays` takes the same inputs as arrays.
 
     python -m reasonclip_jax.evaluate --checkpoint CKPT --eval zero_shot:data/wds_imagenet1k
 """
 
 from __future__ import annotations
 
-import glob
-import itertools
 import os
-import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
-from absl import logging
 
-from reasonclip_jax.data import records, webdataset
+from reasonclip_jax.data import webdataset
 from reasonclip_jax.errors import UserError
-from reasonclip_jax.evaluators import common
+from reasonclip_jax.evaluators import common, ranking, streams
+from reasonclip_jax.evaluators.streams import iter_samples, read_lines, tar_paths
 
 CLASSNAMES_FILE = "classnames.txt"
 TEMPLATES_FILE = "zeroshot_classification_templates.txt"
 _CLASS_CHUNK = 100  # classes whose prompts are embedded at a time
+_IMAGE_CHUNK = 4096  # images scored at a time
 
 
 def fill_template(template: str, classname: str) -> str:
@@ -51,25 +52,36 @@ def fill_template(template: str, classname: str) -> str:
 def class_embeddings(
     embedder: common.Embedder, classnames: Sequence[str], templates: Sequence[str]
 ) -> np.ndarray:
-    """[C, D]: per class, the normalised mean of its normalised template embeddings."""
+    """[C, D]: per class, the normalised mean of its normalised template embeddings (a name
+    given to several classes is embedded once: its rows are equal)."""
     if not classnames or not templates:
         raise UserError("zero-shot classification needs at least one class name and template")
+    distinct = list(dict.fromkeys(classnames))
     out = []
-    for start in range(0, len(classnames), _CLASS_CHUNK):
-        names = classnames[start : start + _CLASS_CHUNK]
+    for start in range(0, len(distinct), _CLASS_CHUNK):
+        names = distinct[start : start + _CLASS_CHUNK]
         prompts = [fill_template(t, c) for c in names for t in templates]
         embeds = common.normalize(embedder.texts(prompts)).reshape(len(names), len(templates), -1)
         out.append(common.normalize(embeds.mean(axis=1)))
-    return np.concatenate(out)
+    row = {c: i for i, c in enumerate(distinct)}
+    return np.concatenate(out)[[row[c] for c in classnames]]
 
 
 def topk_accuracies(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """`top1`, and `top5` if there are more than 5 classes; ties go against the model."""
+    """`top1`, and `top5` if there are at least 5 classes: whether the label is among the
+    first k of CPU `torch.topk(logits, min(5, C))` (ties included)."""
     labels = np.asarray(labels, np.int64)
-    own = logits[np.arange(len(labels)), labels]
-    num_above = np.sum(logits >= own[:, None], axis=1) - 1  # other classes at least as high
-    ks = (1, 5) if logits.shape[1] > 5 else (1,)
-    return {f"top{k}": float(np.mean(num_above < k)) if len(labels) else 0.0 for k in ks}
+    ks = (1, 5) if logits.shape[1] >= 5 else (1,)
+    if not len(labels):
+        return {f"top{k}": 0.0 for k in ks}
+    classes = np.arange(logits.shape[1])
+    hits = np.concatenate([
+        # ks (1, 5) always: the release takes topk(min(5, C)), and K decides the tie order.
+        ranking.hits_at(logits[s : s + _IMAGE_CHUNK],
+                        classes[None, :] == labels[s : s + _IMAGE_CHUNK, None], (1, 5))
+        for s in range(0, len(labels), _IMAGE_CHUNK)
+    ], axis=1)
+    return {f"top{k}": float(hits[j].mean()) for j, k in enumerate(ks)}
 
 
 def _metrics(
@@ -79,7 +91,9 @@ def _metrics(
     bad = (labels_array < 0) | (labels_array >= len(classes))
     if bad.any():
         raise UserError(f"label {labels_array[bad][0]} is outside the {len(classes)} class names")
-    metrics = topk_accuracies(common.normalize(image_embeds) @ classes.T, labels_array)
+    distinct, index = ranking.distinct_rows(classes)
+    logits = (common.normalize(image_embeds) @ distinct.T)[:, index]
+    metrics = topk_accuracies(logits, labels_array)
     metrics.update(num_images=float(len(labels_array)), num_skipped=float(num_skipped))
     return metrics
 
@@ -96,31 +110,19 @@ def evaluate_arrays(
     return _metrics(embedder.images(pixels), labels, classes, num_skipped=0)
 
 
-def read_lines(path: str) -> list[str]:
-    """The non-empty lines of a text file, without surrounding whitespace."""
-    if not os.path.isfile(path):
-        raise UserError(f"{path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
-
-
-def tar_paths(data_dir: str, split: str) -> list[str]:
-    """The split's tar shards in natural order."""
-    paths = glob.glob(os.path.join(data_dir, split, "*.tar"))
-    paths.sort(key=lambda p: records.natural_key(os.path.basename(p)))
-    if not paths:
-        raise UserError(f"{data_dir}: no {split}/*.tar webdataset shards")
-    return paths
-
-
-def iter_samples(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Webdataset samples: (key, {lower-case extension: bytes}) of the files sharing a key,
-    adjacent in a tar."""
-    for path in paths:
-        try:
-            yield from webdataset.iter_tar(path)
-        except tarfile.TarError as e:
-            raise UserError(f"cannot read webdataset shard {path}: {e}") from None
+def evaluate_samples(
+    embedder: common.Embedder,
+    samples: Iterable[tuple[bytes, int] | None],
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    max_examples: int | None,
+    where: str,
+) -> dict[str, float]:
+    """Zero-shot metrics of the first `max_examples` (encoded image, label) samples (None: an
+    unusable sample, counted as skipped); what every reader ends in."""
+    classes = class_embeddings(embedder, classnames, templates)  # a bad template fails first
+    embeds, labels, skipped = streams.embed_samples(embedder, samples, max_examples, where)
+    return _metrics(embeds, labels, classes, skipped)
 
 
 def _image_and_label(sample: dict[str, bytes]) -> tuple[bytes, int] | None:
@@ -142,20 +144,6 @@ def evaluate(
     of a CLIP_benchmark webdataset split."""
     classnames = read_lines(os.path.join(data_dir, CLASSNAMES_FILE))
     templates = read_lines(os.path.join(data_dir, TEMPLATES_FILE))
-    paths = tar_paths(data_dir, split)
-    classes = class_embeddings(embedder, classnames, templates)
-    embeds, labels, skipped = [], [], 0
-    samples = itertools.islice(iter_samples(paths), max_examples)
-    parsed = (_image_and_label(files) for _, files in samples)
-    while chunk := list(itertools.islice(parsed, common.DEFAULT_CHUNK)):
-        usable = [p for p in chunk if p is not None]
-        chunk_embeds, kept = common.embed_images(embedder, [image for image, _ in usable])
-        if len(chunk_embeds):
-            embeds.append(chunk_embeds)
-        labels.extend(label for (_, label), k in zip(usable, kept, strict=True) if k)
-        skipped += len(chunk) - int(kept.sum())
-    if skipped:
-        logging.warning("%s/%s: skipped %d samples", data_dir, split, skipped)
-    if not labels:
-        raise UserError(f"{data_dir}/{split}: no sample with a decodable image and a label")
-    return _metrics(np.concatenate(embeds), labels, classes, skipped)
+    samples = (_image_and_label(files) for _, files in iter_samples(tar_paths(data_dir, split)))
+    return evaluate_samples(embedder, samples, classnames, templates, max_examples,
+                            f"{data_dir}/{split}")

@@ -12,16 +12,23 @@ directory carries besides its weights, so `CLIPProcessor.from_pretrained(directo
                                   crop to the model's image size, OpenAI mean/std
 
 How transformers' CLIP tokenizer differs from `reasonclip_jax.models.tokenizer` (transformers
-5.x has only the `tokenizers`-backed class; `CLIPTokenizerFast` is the same class):
+5.x has only the `tokenizers`-backed class; `CLIPTokenizerFast` is the same class, and 4.x's
+CLIPTokenizerFast runs tokenizer.json as written, tested through `tokenizers`; 4.x's slow
+CLIPTokenizer, untested here, also ran `ftfy.fix_text` when ftfy was installed):
   - Same vocabulary, merges, pre-tokenisation regex and truncation (the first
     `context_length - 2` tokens, then <|endoftext|>), so ids are identical on text that
-    `tokenizer.clean` leaves unchanged; on any text, `hf(tokenizer.clean(text))` gives the ids
-    of `tokenizer.tokenize(text)`.
+    OpenAI's cleaning leaves alone but for whitespace and case: ASCII without HTML entities
+    or control characters, accented letters, other scripts, emoji. On any text,
+    `hf(tokenizer.clean(text))` gives the ids of `tokenizer.tokenize(text)`, but for the two
+    regex differences below.
   - It skips OpenAI's cleaning: no `ftfy.fix_text` (curly quotes, ligatures, full-width forms,
     mojibake, control characters and terminal escapes are tokenised as they are) and no
     `html.unescape` ("&amp;" stays four tokens). It lower-cases character by character
-    (Greek final sigma becomes "σ", not "ς") and matches special-token spellings case
-    sensitively ("<|ENDOFTEXT|>" is plain text to it, the end token to us).
+    (Greek final sigma becomes "σ", not "ς").
+  - Special-token spellings: it splits "<|startoftext|>"/"<|endoftext|>" out wherever they
+    occur, but only in lower case ("<|ENDOFTEXT|>" is text to it, the end token to us); we
+    take them in any case, but only where a regex match starts ("#<|endoftext|>" is
+    punctuation to us). Its regex is case sensitive, so "'ſ" (long s) is no contraction.
   - It pads with <|endoftext|> (49407) and returns an attention mask; this project pads with
     0. Both poolings take the first end token and attention is causal, so the embeddings are
     the same. Padding with "!" (id 0) is not possible: transformers then splits every "!" of

@@ -13,10 +13,11 @@ Safetensors are read and written without torch; only `.pt`/`.bin` files need it.
 Export takes a model checkpoint, a run's `best/` or a trainer workdir (its latest step) and
 writes, beside the weights, where they came from (`PROVENANCE_FILE` in an HF directory,
 `<file>.provenance.json` beside an OpenAI file): the checkpoint, its step, the selection
-metric of a `best/`, the model config, the run's training config when its workdir has
-`TRAIN_CONFIG_FILE` (the trainer does not write one yet: then null), the project version,
-the weights' sha256 and the UTC time. An HF export also carries the tokenizer and image
-processor files (`models/hf_processor.py`), so `AutoProcessor.from_pretrained` works.
+metric of a `best/`, the model config, the run's training config (`TRAIN_CONFIG_FILE`, which
+the trainer writes into its workdir at each start; null for weights outside a run), the
+project version, the weights' sha256 and the UTC time. An HF export also carries the
+tokenizer and image processor files (`models/hf_processor.py`), so
+`AutoProcessor.from_pretrained` works.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from reasonclip_jax.train import checkpoint
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 PROVENANCE_FILE = "reasonclip_export.json"  # in an HF export; an OpenAI file: FILE.provenance.json
-TRAIN_CONFIG_FILE = "config.json"  # a run's training config in its workdir (not written yet)
+TRAIN_CONFIG_FILE = "config.json"  # the trainer's config, written into its workdir
 
 
 # ------------------------------------------------------------------------- reading files
@@ -280,7 +281,7 @@ def provenance(ckpt: str, step_dir: str, config: ModelConfig, fmt: str, dtype: s
             "workdir": workdir,
         },
         "model_config": config.to_dict(),
-        "training_config": train_config,  # null: the workdir holds no TRAIN_CONFIG_FILE
+        "training_config": train_config,  # null: no run, or no TRAIN_CONFIG_FILE in it
         "training_config_file": train_config_path,
         "project": {"name": "reasonclip_jax", "version": __version__},
         "exported_at_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

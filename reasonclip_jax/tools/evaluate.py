@@ -8,8 +8,18 @@
 
 Each `--eval TYPE:DIR [KEY=VALUE ...]` is one evaluator config (`reasonclip_jax.evaluators`):
 TYPE is rclip_bench, retrieval or zero_shot, DIR its data_dir, and KEY=VALUE sets any other
-argument of that evaluator's `evaluate` (split, max_examples, caption_field) or `name`, the
-metric prefix (default TYPE). `--output` writes the metrics as JSON.
+argument of that evaluator's `evaluate` (split, max_examples, caption_field, version) or
+`name`, the metric prefix (default TYPE). `--output` writes the metrics as JSON.
+
+RCLIP-Bench with `--output metrics.json` also writes its per-set results beside it:
+`metrics.items.jsonl` (every set: official id, image_name, tag, set index, chosen index, the 5
+cosines and the 5 scores in the release's units, exp(logit_scale) x cosine, correct) and
+`metrics.near_ties.jsonl` (the sets whose best two cosines are less than 1e-5 apart); with
+several rclip_bench evals, `metrics.NAME.items.jsonl` and `metrics.NAME.near_ties.jsonl`.
+`version=v3` scores one RCLIP version of a directory, `version=all` each on its own:
+
+    python -m reasonclip_jax.evaluate --checkpoint CKPT --eval rclip_bench:out/rclip version=v3 \
+        --output metrics.json
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 from reasonclip_jax import evaluators
 from reasonclip_jax.errors import UserError
@@ -72,15 +83,38 @@ def eval_config(spec: Sequence[str]) -> dict[str, Any]:
     return config
 
 
+def with_results_prefixes(configs: list[dict[str, Any]], output: str) -> list[dict[str, Any]]:
+    """rclip_bench configs get `results_prefix` beside `output` (metrics.json -> metrics, or
+    metrics.NAME when there are several), unless they set one."""
+    stem = output.removesuffix(".json")
+    benches = [c for c in configs if c["type"] == "rclip_bench"]
+    for c in benches:
+        if "results_prefix" not in c:
+            name = c.get("name") or c["type"]
+            c["results_prefix"] = stem if len(benches) == 1 else f"{stem}.{name}"
+    return configs
+
+
+class ScaledEncoder(Encoder):
+    """The Encoder plus the model's exp(logit_scale): RCLIP-Bench then also writes its scores
+    in the release's units (logit_scale x cosine)."""
+
+    def __init__(self, params: Any, model_config: Any, batch_size: int):
+        super().__init__(params, model_config, batch_size)
+        self.logit_scale = float(np.exp(np.asarray(params["logit_scale"], np.float64)))
+
+
 @cli.entry_point
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     configs = [eval_config(spec) for spec in args.eval]
+    if args.output:
+        configs = with_results_prefixes(configs, args.output)
     evaluators.check_configs(configs)  # before the model loads: a typo fails at once
     params, model_config = checkpoint.load_model(args.checkpoint)
-    embedder = Encoder(jax.device_put(params), model_config, args.batch_size)
+    embedder = ScaledEncoder(jax.device_put(params), model_config, args.batch_size)
     metrics = evaluators.run_evaluators(configs, embedder)
     for key, value in metrics.items():
         print(f"{key}: {value:.4f}")
