@@ -54,7 +54,7 @@ from reasonclip_jax.tools import convert, evaluate
 
 
 def read_jsonl(path):
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             line = line.strip()
             if not line:
@@ -170,12 +170,18 @@ def collate_image_batch(batch):
     }
 
 
+def _features(out):
+    """transformers 4.x (the release's) returns the projected features; 5.x an output object
+    holding them as `pooler_output`."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
 @torch.inference_mode()
 def score_sets_for_image_batch(model, processor, images, sets_per_image, text_max_len=77):
     if not images:
         return torch.empty(0, 5), []
     image_inputs = processor(images=images, return_tensors="pt")
-    image_features = model.get_image_features(**image_inputs)
+    image_features = _features(model.get_image_features(**image_inputs))
     image_features = image_features.float()
     image_features = image_features / image_features.norm(dim=-1, keepdim=True)
     all_texts, set_meta, owner_image_indices = [], [], []
@@ -189,7 +195,7 @@ def score_sets_for_image_batch(model, processor, images, sets_per_image, text_ma
         return torch.empty(0, 5), []
     text_inputs = processor(text=all_texts, return_tensors="pt", padding=True, truncation=True,
                             max_length=text_max_len)
-    text_features = model.get_text_features(**text_inputs)
+    text_features = _features(model.get_text_features(**text_inputs))
     text_features = text_features.float()
     text_features = text_features / text_features.norm(dim=-1, keepdim=True)
     m = len(set_meta)
@@ -377,13 +383,14 @@ def bench(tmp_path_factory):
     build.run(["--source", "rclip-bench", "--input", str(jsonl), "--image-root", str(root),
                "--output", out["jsonl"]])
     build.run(["--source", "rclip-bench", "--input", parquet, "--output", out["parquet"]])
-    return {"root": root, "jsonl": str(jsonl), "parquet": parquet, "files": files, **out}
+    return {"root": root, "inputs": {"jsonl": str(jsonl), "parquet": parquet}, "dirs": out,
+            "files": files}
 
 
 def release_datasets(bench, monkeypatch) -> dict[str, list]:
     monkeypatch.chdir(bench["root"])  # the release reads JSONL image paths from its cwd
-    return {"jsonl": release_jsonl_dataset(bench["jsonl"]),
-            "parquet": release_parquet_dataset(bench["parquet"])}
+    return {"jsonl": release_jsonl_dataset(bench["inputs"]["jsonl"]),
+            "parquet": release_parquet_dataset(bench["inputs"]["parquet"])}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -497,7 +504,7 @@ def test_hashing_model_gives_the_release_decisions_exactly(bench, kind, monkeypa
     model = HashingModel(processor)
     expected, expected_acc = release_main_loop(dataset, model, processor)
     embedder = HashingEmbedder()
-    metrics, items = ours(bench[kind], embedder, str(tmp_path / "m"))
+    metrics, items = ours(bench["dirs"][kind], embedder, str(tmp_path / "m"))
 
     # The same images, decoded to the same pixels (EXIF, alpha and the 10x10 image included).
     assert sorted(embedder.seen) == sorted(model.seen)
@@ -505,9 +512,9 @@ def test_hashing_model_gives_the_release_decisions_exactly(bench, kind, monkeypa
     release = by_image(expected, "id", None)
     got = by_image(items, "id", "set")
     assert sorted(got) == sorted(release)
-    recs = {r.source_id: r for r in records.ShardDirectory(bench[kind], "test").read_all()}
+    recs = {r.source_id: r for r in records.ShardDirectory(bench["dirs"][kind], "test").read_all()}
     for sid, sets in release.items():
-        assert [s["sets"] for s in [recs[sid].__dict__]][0] == tuple(
+        assert recs[sid].sets == tuple(
             {"tag": s["tag"], "gt": s["gt"], "neg": s["neg"]} for s in sets)
         assert [(i["tag"], i["chosen"], i["correct"]) for i in got[sid]] == [
             (s["tag"], s["pred"], s["correct"]) for s in sets]
@@ -520,14 +527,14 @@ def test_hashing_model_gives_the_release_decisions_exactly(bench, kind, monkeypa
     # skips.
     if kind == "jsonl":
         row_ids = [str(r["id"]) for r in JSONL_ROWS]
-        assert dropped_sets(bench[kind], row_ids) == JSONL_DROPPED_SETS
-        with open(os.path.join(bench[kind], "rejected.jsonl")) as f:
+        assert dropped_sets(bench["dirs"][kind], row_ids) == JSONL_DROPPED_SETS
+        with open(os.path.join(bench["dirs"][kind], "rejected.jsonl")) as f:
             rows_out = {row_ids[int(x["location"].rsplit(":", 1)[1])]
                         for x in map(json.loads, f) if "set" not in x}
         assert rows_out == JSONL_SKIPPED and not set(got) & JSONL_SKIPPED
     else:
         row_ids = [r["id"] for r in parquet_rows(bench["files"])]
-        assert dropped_sets(bench[kind], row_ids) == PARQUET_DROPPED_SETS
+        assert dropped_sets(bench["dirs"][kind], row_ids) == PARQUET_DROPPED_SETS
 
     # The planted ties, decided as torch.argmax decides them.
     chosen = {(i["id"], i["set"]): i["chosen"] for i in items}
@@ -548,7 +555,7 @@ def test_hashing_model_gives_the_release_decisions_exactly(bench, kind, monkeypa
 def test_stored_images_are_the_files_and_decode_as_the_release(bench, monkeypatch):
     files = bench["files"]
     recs = {(kind, r.source_id): r for kind in ("jsonl", "parquet")
-            for r in records.ShardDirectory(bench[kind], "test").read_all()}
+            for r in records.ShardDirectory(bench["dirs"][kind], "test").read_all()}
     names = {("jsonl", "j0"): "rgba.png", ("jsonl", "j1"): "exif.jpg", ("jsonl", "j2"): "tiny.png",
              ("jsonl", "j3"): "la.png", ("jsonl", "j4"): "palette.png",
              ("parquet", "p0"): "exif.jpg", ("parquet", "p2"): "tiny.png"}
@@ -604,7 +611,7 @@ def test_tiny_clip_agrees_with_transformers_but_for_listed_near_ties(bench, monk
         expected, expected_acc = release_main_loop(datasets[kind], hf, processor)
         output = str(tmp_path / f"{kind}.json")
         metrics = evaluate.main(["--checkpoint", str(tmp_path / "ckpt"), "--eval",
-                                 f"rclip_bench:{bench[kind]}", "--output", output,
+                                 f"rclip_bench:{bench['dirs'][kind]}", "--output", output,
                                  "--batch-size", "4"])
         with open(output.replace(".json", ".items.jsonl")) as f:
             items = by_image([json.loads(line) for line in f], "id", "set")
@@ -623,4 +630,5 @@ def test_tiny_clip_agrees_with_transformers_but_for_listed_near_ties(bench, monk
         assert len(near) <= 3  # only the planted exact ties ("top ..." strings repeat)
         if not differ:
             assert {k: metrics[f"rclip_bench/{k}"] for k in expected_acc} == expected_acc
-    assert compared == 23
+    assert compared == 16
+    print("PROBE", tmp_path)

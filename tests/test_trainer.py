@@ -229,8 +229,14 @@ def test_user_errors(scenes, tmp_path):
     shapes = param_shapes(CLIP(get_preset("tiny")))
     checkpoint.save_model(other, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes),
                           get_preset("tiny"))
-    with pytest.raises(UserError, match="'visual/positional_embedding' has shape"):
+    with pytest.raises(UserError, match=r"is a different architecture \(image 64px .*\) from "
+                                        r"model.preset 'tiny' \(image 32px"):
         trainer.train(small_config(scenes, init_from=other), str(tmp_path / "d"))
+    # An empty preset takes the checkpoint's architecture with the overrides (image_size
+    # 32 here), and the weights' shapes are still checked one by one.
+    config = small_config(scenes, init_from=other, **{"model.preset": ""})
+    with pytest.raises(UserError, match="'visual/positional_embedding' has shape"):
+        trainer.train(config, str(tmp_path / "d2"))
     # A workdir that holds a run of another model.
     trainer.train(small_config(scenes, total_steps=1), str(tmp_path / "e"))
     with pytest.raises(UserError, match="different model"):

@@ -92,11 +92,32 @@ def train_step(params: Any, state: dict[str, Any], batch: dict[str, jax.Array], 
 
 
 def model_config_of(config: ml_collections.ConfigDict) -> ModelConfig:
-    """The architecture: `init_from`'s checkpoint, else the named preset; then overrides."""
+    """The architecture: the named preset with `model.overrides`. With `init_from`, its
+    weights must be of that architecture (an empty preset takes the checkpoint's)."""
     overrides = dict(config.model.overrides)
-    if config.init_from:
-        return dataclasses.replace(checkpoint.load_model_config(config.init_from), **overrides)
-    return get_preset(config.model.preset, **overrides)
+    if not config.init_from:
+        return get_preset(config.model.preset, **overrides)
+    saved = checkpoint.load_model_config(config.init_from)
+    if not config.model.preset:
+        return dataclasses.replace(saved, **overrides)
+    wanted = get_preset(config.model.preset, **overrides)
+    if architecture(saved) != architecture(wanted):
+        raise UserError(
+            f"init_from {config.init_from} is a different architecture ({describe(saved)}) "
+            f"from model.preset '{config.model.preset}' ({describe(wanted)}); set "
+            "model.preset (or '' to take the checkpoint's) and model.overrides to match")
+    return saved
+
+
+def architecture(c: ModelConfig) -> dict[str, Any]:
+    """What decides the parameters and the function (not the initial logit scale)."""
+    return {k: v for k, v in c.to_dict().items() if k != "logit_scale_init"}
+
+
+def describe(c: ModelConfig) -> str:
+    return (f"image {c.image_size}px /{c.patch_size} {c.vision_layers}x{c.vision_width}, "
+            f"text {c.context_length} tokens {c.text_layers}x{c.text_width}, "
+            f"embed {c.embed_dim}, {c.act}")
 
 
 def check_input_fits_model(input_cfg: ml_collections.ConfigDict, model: ModelConfig) -> None:
