@@ -631,4 +631,3 @@ def test_tiny_clip_agrees_with_transformers_but_for_listed_near_ties(bench, monk
         if not differ:
             assert {k: metrics[f"rclip_bench/{k}"] for k in expected_acc} == expected_acc
     assert compared == 16
-    print("PROBE", tmp_path)

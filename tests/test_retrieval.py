@@ -281,9 +281,11 @@ def test_recalls_equal_the_release_with_repeated_captions(num_images, vocab):
     # for text -> image.
     rng = np.random.default_rng(num_images)
     captions = halves(rng, vocab)
-    images = halves(rng, num_images)
-    images[7] = images[3]
     image_captions = [rng.integers(0, vocab, 5).tolist() for _ in range(num_images)]
+    images = halves(rng, num_images)
+    for i in range(0, num_images, 3):  # two thirds of the images look like a caption of theirs
+        images[i] = images[i + 1] = captions[image_captions[i][0]]
+    images[7] = images[3]
     rows, owner = gallery(image_captions)
     want = release_recalls(images, captions, image_captions)
     assert retrieval.recalls(images, captions, rows, owner) == want
@@ -368,13 +370,14 @@ def test_retrieval_caption_fields(tmp_path, field):
     embedder = PlantedEmbedder(image_vectors, text_vectors, dim)
     got = retrieval.evaluate(embedder, data_dir, caption_field=field)
     # Entries c0a c0b c1a c1b c2a c2b c3a c3b. i2t: images 0-2 find their "a" caption first;
-    # image 3's c3a (entry 6) ties c0a (entry 0), and topk of 8 scores puts entry 0 first:
-    # a miss at 1. t2i: the "a" captions hit at 1 (c0a prefers image 0 to image 3); each "b"
-    # scores 0 with every image, and topk of 4 equal scores gives [2, 3, 0, 1]: only c2b
-    # finds its image first, the others at 3 or 4: hits at 5.
-    assert ranking.topk_indices([1, 0, 0, 0, 0, 0, 1, 0], 8)[0] == 0
+    # image 3's c3a (entry 6) ties c0a (entry 0), and topk of those 8 scores puts entry 6,
+    # its own, first: a hit at 1 (the old rule, ties against the model, had a miss). t2i:
+    # the "a" captions hit at 1 (c0a prefers image 0 to image 3); each "b" scores 0 with
+    # every image, and topk of 4 equal scores gives [2, 3, 0, 1]: only c2b finds its image
+    # first, the others at 2 to 4: hits at 5.
+    assert torch.topk(torch.tensor([1.0, 0, 0, 0, 0, 0, 1, 0]), 8).indices[0] == 6
     assert torch.topk(torch.zeros(4), 4).indices.tolist() == [2, 3, 0, 1]
-    assert (got["i2t_r1"], got["i2t_r5"], got["i2t_r10"]) == (3 / 4, 1.0, 1.0)
+    assert (got["i2t_r1"], got["i2t_r5"], got["i2t_r10"]) == (1.0, 1.0, 1.0)
     assert (got["t2i_r1"], got["t2i_r5"], got["t2i_r10"]) == (5 / 8, 1.0, 1.0)
     assert (got["num_images"], got["num_texts"], got["num_skipped"]) == (4.0, 8.0, 0.0)
     rows = [[2 * i, 2 * i + 1] for i in range(4)]
@@ -402,8 +405,11 @@ def karpathy_case(rng: np.random.Generator, n: int = 14):
     words = [f"a photo of thing {i}" for i in range(12)]
     text_vectors = dict(zip(words, halves(rng, len(words)), strict=True))
     images = [png(700 + i) for i in range(n)]
-    image_vectors = dict(zip(images, halves(rng, n), strict=True))
     captions = [[str(w) for w in rng.choice(words, int(rng.integers(3, 8)))] for _ in images]
+    vectors = halves(rng, n)
+    for i in range(0, n, 3):  # two thirds of the images look like their first caption
+        vectors[i] = vectors[min(i + 1, n - 1)] = text_vectors[captions[i][0]]
+    image_vectors = dict(zip(images, vectors, strict=True))
     return images, captions, PlantedEmbedder(image_vectors, text_vectors, 8), image_vectors
 
 

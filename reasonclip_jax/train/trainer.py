@@ -202,6 +202,13 @@ class ProfileWindow:
             self.active = False
 
 
+def eval_line(step: int, scalars: dict[str, float]) -> str:
+    """One line per evaluation for the console: the headline metrics of each evaluator."""
+    shown = [f"{k}={v:.4f}" for k, v in scalars.items()
+             if k.endswith(("/accuracy", "/loss", "_r1", "/top1"))]
+    return f"step {step}: " + ("  ".join(shown) or f"{len(scalars)} metrics")
+
+
 def mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
     """The mean of each step metric over the logging window (one host transfer)."""
     host = jax.device_get(history)
@@ -380,6 +387,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 if held_out:
                     scalars.update(held_out(params, state["opt_state"], step))
                 writer.write(step, scalars)
+                if is_chief:
+                    progress.write(eval_line(step, scalars))
                 last.update(scalars)
                 best.update(step, scalars, params, model_config)
             if preemption.reached(step):
