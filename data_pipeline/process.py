@@ -276,7 +276,7 @@ def bench_set(value: Any) -> dict[str, Any]:
             raise _Reject(BAD_SET, _short(f"bad neg: neg[{i}] is {x!r}"))
     for text in (tag, gt, *neg):
         _check_utf8(text, "set text")
-    return {"tag": tag.strip(), "gt": " ".join(gt.split()), "neg": [x.strip() for x in neg]}
+    return {"tag": tag, "gt": gt.strip(), "neg": [x.strip() for x in neg]}
 
 
 def _check_utf8(text: str, what: str) -> None:

@@ -137,8 +137,8 @@ def release_recalls(
     the release has none."""
     keep = [i for i, rows in enumerate(image_captions) if len(rows)]
     rows = [{"sets": [("T", int(r), []) for r in image_captions[i]]} for i in keep]
-    captions_t = torch.from_numpy(np.asarray(captions))
-    return release_rclip_recalls(torch.from_numpy(np.asarray(images)[keep]),
+    captions_t = torch.from_numpy(np.asarray(captions, np.float32))  # the release's .float()
+    return release_rclip_recalls(torch.from_numpy(np.asarray(images, np.float32)[keep]),
                                  lambda ids: captions_t[list(ids)], rows, ks)
 
 
