@@ -3,7 +3,7 @@
     python -m data_pipeline.build --source reasonclip-s1 --input 'data/s1/*.parquet' \\
         --image-root data/images --output out/s1 --num-shards 64
     python -m data_pipeline.build --source scenes --num-scenes 1000 --seed 0 --output out/scenes
-    python -m data_pipeline.build --source rclip-bench --input rclip_5k_v3.jsonl \
+    python -m data_pipeline.build --source rclip-bench --input rclip_5k_v3.jsonl \\
         --image-root data/docci_images/images --output out/rclip_v3
     # any Beam pipeline option goes along, e.g. two local worker processes:
     python -m data_pipeline.build ... --direct_num_workers=2 --direct_running_mode=multi_processing

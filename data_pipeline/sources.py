@@ -296,16 +296,17 @@ def _from_bench_parquet(
     fields = _bench_fields(row, unit, str(row.get("image_name", "")))
     if image.get("bytes"):
         return RawRow(key=key, image_bytes=image["bytes"], fields=fields)
-    return _image(image.get("path"), key, unit, config, fields=fields)
+    return _image(image.get("path") or row.get("image_path"), key, unit, config, fields=fields)
 
 
 def _from_bench_jsonl(index: int, row: dict[str, Any], unit: Unit, config: SourceConfig) -> RawRow:
     """A row of the release's JSONL; decoded later as `open_image_rgb` does (no EXIF)."""
-    path = row.get("image_path")
-    name = os.path.basename(path) if isinstance(path, str) else ""
-    fields = _bench_fields(row, unit, name)
-    return _image(path, f"{unit.name}:{index}", unit, config, fields=fields,
-                  exif_transpose=False)
+    key, path = f"{unit.name}:{index}", row.get("image_path")
+    fields = _bench_fields(row, unit, os.path.basename(path) if isinstance(path, str) else "")
+    if row.get("image_b64") is not None:  # this project's inline images (jsonl source)
+        converted = _from_jsonl(index, row, unit, config)
+        return dataclasses.replace(converted, fields=fields, exif_transpose=False)
+    return _image(path, key, unit, config, fields=fields, exif_transpose=False)
 
 
 def read_stage1(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:

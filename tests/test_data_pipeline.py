@@ -508,6 +508,18 @@ def test_image_paths_are_rerooted(tmp_path):
     assert (r.key, r.image_name) == ("v2.jsonl:0", "x.png")
 
 
+def test_training_data_may_keep_its_image_bytes(tmp_path):
+    data = image_bytes(300, 200, 61)
+    (tmp_path / "a.jpg").write_bytes(data)
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"image_path": "a.jpg", "desc": ["a"]}))
+    out = str(tmp_path / "out")
+    m = build.run(["--source", "jsonl", "--input", str(tmp_path / "rows.jsonl"), "--output", out,
+                   "--keep-image-bytes", "--validation-fraction", "0"])[out]
+    assert m["options"]["keep_image_bytes"] is True and m["options"]["max_short_side"] is None
+    (r,) = records.ShardDirectory(out, "train").read_all()
+    assert r.image == data and (r.width, r.height) == (300, 200)
+
+
 def test_scenes_write_three_directories(tmp_path):
     out = str(tmp_path / "out")
     manifests = build.run(

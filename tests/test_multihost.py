@@ -35,19 +35,19 @@ def config_8_devices(data: str, steps: int):
     return c
 
 
-def launcher_command(data: str, workdir: str, steps: int) -> list[str]:
+def launcher_command(data: str, workdir: str, steps: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "reasonclip_jax.launch", "--processes", "2",
             "--devices-per-process", "4", "--kill-timeout", "5", "--",
             sys.executable, "-m", "reasonclip_jax.train",
             f"--config=configs/demo.py:{data},stage1,smoke_eval", f"--workdir={workdir}",
             f"--config.total_steps={steps}", "--config.num_devices=-1",
             f"--config.mesh.data={MESH['data']}", f"--config.mesh.fsdp={MESH['fsdp']}",
-            "--config.log_record_indices=True"]
+            "--config.log_record_indices=True", *extra]
 
 
-def start(data: str, workdir: str, steps: int) -> subprocess.Popen:
+def start(data: str, workdir: str, steps: int, *extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return subprocess.Popen(launcher_command(data, workdir, steps), cwd=ROOT,
+    return subprocess.Popen(launcher_command(data, workdir, steps, *extra), cwd=ROOT,
                             env={**env, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -70,7 +70,7 @@ def one_process_run(scenes, tmp_path_factory):
 
 def test_two_processes_equal_one(scenes, one_process_run, tmp_path):
     workdir = str(tmp_path / "two")
-    proc = start(scenes, workdir, 6)
+    proc = start(scenes, workdir, 6, "--verbose")
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     losses = [m["loss"] for m in logged(workdir) if "loss" in m]  # evals log their own rows
@@ -82,6 +82,9 @@ def test_two_processes_equal_one(scenes, one_process_run, tmp_path):
     assert two["scenes_bench/num_sets"] == one["scenes_bench/num_sets"] == 160
     # Weights equal to fp32 rounding: at most a near-tie of one set may differ.
     assert two["scenes_bench/accuracy"] == pytest.approx(one["scenes_bench/accuracy"], abs=0.007)
+    # ... and each process decoded only its half of the benchmark's 32 images.
+    for p in (0, 1):
+        assert f"[p{p}] " in out and f"process {p} decoded 16 of 32 images" in out
     assert_params_close(final_params(workdir), final_params(one_process_run))
     # Each process fed a disjoint half of every global batch: together the 1-process batch.
     p0, p1, ref = (record_indices(workdir, 0), record_indices(workdir, 1),

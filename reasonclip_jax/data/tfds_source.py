@@ -15,6 +15,7 @@ print(len(s), t.class_names(s, 'colour'), sorted(s[0]))"
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -54,7 +55,9 @@ def open_split(
 
     where = f"tfds {name} in {data_dir}"
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        with warnings.catch_warnings():  # protobuf's label() deprecation, from tfds' internals
+            warnings.simplefilter("ignore", DeprecationWarning)
+            builder = tfds.builder(name, data_dir=data_dir)
     except (ValueError, FileNotFoundError) as e:  # DatasetNotFoundError is a ValueError
         raise UserError(f"{where}: {_first_line(e)}") from None
     if not builder.is_prepared():
@@ -65,10 +68,12 @@ def open_split(
         if key not in builder.info.features:
             raise UserError(f"{where}: no feature '{key}'; it has {sorted(builder.info.features)}")
     try:
-        source = tfds.data_source(
-            name, split=split, data_dir=data_dir, download=False,
-            decoders={key: tfds.decode.SkipDecoding() for key in encoded},
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            source = tfds.data_source(
+                name, split=split, data_dir=data_dir, download=False,
+                decoders={key: tfds.decode.SkipDecoding() for key in encoded},
+            )
     except (ValueError, NotImplementedError, FileNotFoundError, AssertionError) as e:
         raise UserError(f"{where}, split '{split}': {_first_line(e)}") from None
     return TfdsSplit(source, builder.info.features, f"{where}, split '{split}'")

@@ -27,7 +27,7 @@ import dataclasses
 import io
 import itertools
 from collections.abc import Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import PIL.Image
@@ -120,17 +120,43 @@ def embed_images(
     exif_transpose: Sequence[bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings [K, D] of the decodable images, `kept` bool [len(images)]), a chunk at a
-    time."""
+    time. An embedder with `images_of_processes` (the Encoder on a multi-process mesh) gets
+    each process's share of a chunk: every process decodes only its own part."""
     embeds, kept = [], []
+    shared = getattr(embedder, "process_count", 1) > 1
     for start in range(0, len(images), chunk_size):
         chunk = images[start : start + chunk_size]
         flags = None if exif_transpose is None else exif_transpose[start : start + chunk_size]
-        pixels, chunk_kept = preprocess_images(chunk, embedder.image_size, flags)
+        if shared:
+            chunk_embeds, chunk_kept = _embed_shared_chunk(embedder, chunk, flags)
+        else:
+            pixels, chunk_kept = preprocess_images(chunk, embedder.image_size, flags)
+            chunk_embeds = np.asarray(embedder.images(pixels), np.float32) if len(pixels) else None
         kept.append(chunk_kept)
-        if len(pixels):
-            embeds.append(np.asarray(embedder.images(pixels), np.float32))
+        if chunk_embeds is not None and len(chunk_embeds):
+            embeds.append(chunk_embeds)
     kept_all = np.concatenate(kept) if kept else np.zeros(0, bool)
     return (np.concatenate(embeds) if embeds else np.zeros((0, 0), np.float32)), kept_all
+
+
+def _embed_shared_chunk(embedder: Any, chunk: Sequence[bytes], flags: Sequence[bool] | None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Process p decodes images [p * m, (p + 1) * m) of the chunk (m = ceil(len / P)); the
+    embedder returns every process's embeddings, in chunk order, to every process."""
+    count, index = embedder.process_count, embedder.process_index
+    share = -(-len(chunk) // count)
+    mine = range(index * share, min((index + 1) * share, len(chunk)))
+    size = embedder.image_size
+    pixels = np.zeros((share, size, size, 3), np.float32)
+    local_kept = np.zeros(share, bool)
+    for row, i in enumerate(mine):
+        got, ok = preprocess_images([chunk[i]], size, None if flags is None else [flags[i]])
+        if ok[0]:
+            pixels[row], local_kept[row] = got[0], True
+    logging.debug("process %d decoded %d of %d images", index, len(mine), len(chunk))
+    all_embeds, all_kept = embedder.images_of_processes(pixels, local_kept)
+    kept = all_kept[: len(chunk)]
+    return all_embeds[: len(chunk)][kept], kept
 
 
 def embed_texts(embedder: Embedder, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

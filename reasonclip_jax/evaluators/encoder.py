@@ -14,7 +14,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
+from reasonclip_jax.errors import UserError
 from reasonclip_jax.models import tokenizer
 from reasonclip_jax.models.clip import CLIP, ModelConfig
 from reasonclip_jax.parallel import sharding
@@ -60,6 +62,40 @@ class Encoder:
                                                       lambda index, x=padded: x[index])
             outs.append(np.asarray(fn(self.params, padded))[: len(chunk)])
         return np.concatenate(outs) if outs else np.zeros((0, self.config.embed_dim), np.float32)
+
+    @property
+    def process_count(self) -> int:
+        """Processes that share image decoding (`evaluators.common.embed_images`)."""
+        return jax.process_count() if self._batch_sharding is not None else 1
+
+    @property
+    def process_index(self) -> int:
+        return jax.process_index()
+
+    def images_of_processes(self, pixels: np.ndarray, kept: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray]:
+        """Every process's `pixels` [m, S, S, 3] (the same m everywhere) embedded on the mesh:
+        ([P * m, D] in process order, and every process's `kept` [P * m]), on every process.
+
+        Global batch b is made of rows [b * k, (b + 1) * k) of each process (k = batch / P),
+        so each process feeds only the images it decoded.
+        """
+        count = jax.process_count()
+        if self.batch_size % count:
+            raise UserError(f"eval batch {self.batch_size} is not divisible by the {count} "
+                            "processes")
+        k = self.batch_size // count
+        m = len(pixels)
+        rows = -(-m // k) * k
+        padded = np.concatenate([pixels, np.zeros((rows - m, *pixels.shape[1:]), pixels.dtype)])
+        outs = []
+        for start in range(0, rows, k):
+            batch = jax.make_array_from_process_local_data(self._batch_sharding,
+                                                           padded[start : start + k])
+            outs.append(np.asarray(self._image(self.params, batch)).reshape(count, k, -1))
+        embeds = np.concatenate(outs, axis=1)[:, :m].reshape(count * m, -1)
+        all_kept = np.asarray(multihost_utils.process_allgather(kept)).reshape(-1)
+        return embeds, all_kept
 
     def images(self, pixels: np.ndarray) -> np.ndarray:
         return self._batched(self._image, pixels)

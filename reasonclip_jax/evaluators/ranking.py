@@ -38,6 +38,7 @@ from reasonclip_jax.errors import UserError
 
 TIES = ("topk", "rank")
 _SORT_THRESHOLD = 16  # libstdc++'s _S_threshold: std::sort finishes with insertion sort
+_SCAN_BLOCK = 1024  # scores filtered at a time in partial_sort's scan
 
 Pair = tuple[float, int]  # (score, index), as torch's queue holds them
 
@@ -98,11 +99,35 @@ def _heap_select(q: list[Pair], first: int, middle: int, last: int) -> None:
             _pop_heap(q, first, middle, i)
 
 
+def _sort_heap(q: list[Pair], first: int, last: int) -> None:
+    while last - first > 1:
+        last -= 1
+        _pop_heap(q, first, last, last)
+
+
 def _partial_sort(q: list[Pair], first: int, middle: int, last: int) -> None:
     _heap_select(q, first, middle, last)
-    while middle - first > 1:  # std::__sort_heap
-        middle -= 1
-        _pop_heap(q, first, middle, middle)
+    _sort_heap(q, first, middle)
+
+
+def _partial_sort_top(values: np.ndarray, k: int) -> list[Pair]:
+    """`std::partial_sort` of all (score, index) pairs over the first k positions, the scan
+    vectorised: its loop moves an element only when it goes before the heap's top, the top
+    never goes down, and a position behind the scan is never read again, so the blocks are
+    filtered against the top in numpy and only their survivors are checked one by one."""
+    heap = [(float(s), j) for j, s in enumerate(values[:k].tolist())]
+    _make_heap(heap, 0, k)
+    for start in range(k, len(values), _SCAN_BLOCK):
+        top = heap[0][0]
+        if top != top:
+            break  # a NaN on top: nothing goes before it any more
+        block = values[start : start + _SCAN_BLOCK]
+        for offset in np.flatnonzero((block > top) | np.isnan(block)).tolist():
+            pair = (float(block[offset]), start + offset)
+            if _before(pair, heap[0]):
+                _adjust_heap(heap, 0, 0, k, pair)  # std::__pop_heap(first, middle, i)
+    _sort_heap(heap, 0, k)
+    return heap
 
 
 def _unguarded_linear_insert(q: list[Pair], last: int) -> None:
@@ -188,12 +213,13 @@ def _sort(q: list[Pair], first: int, last: int) -> None:
 def topk_indices(scores: Sequence[float] | np.ndarray, k: int) -> list[int]:
     """The indices CPU `torch.topk(torch.tensor(scores), k).indices` returns, in its order,
     ties included (1 <= k <= len(scores))."""
-    q = [(float(s), j) for j, s in enumerate(np.asarray(scores).tolist())]
-    if not 1 <= k <= len(q):
-        raise ValueError(f"topk_indices: k={k} outside [1, {len(q)}]")
-    if k * 64 <= len(q):
-        _partial_sort(q, 0, k, len(q))
+    values = np.asarray(scores, np.float64).reshape(-1)  # torch compares floats as doubles
+    if not 1 <= k <= len(values):
+        raise ValueError(f"topk_indices: k={k} outside [1, {len(values)}]")
+    if k * 64 <= len(values):
+        q = _partial_sort_top(values, k)
     else:
+        q = [(float(s), j) for j, s in enumerate(values.tolist())]
         _nth_element(q, 0, k - 1, len(q))
         _sort(q, 0, k - 1)
     return [j for _, j in q[:k]]

@@ -22,15 +22,17 @@ version on its own, metrics keyed `{version}/accuracy`, `{version}/acc_{tag}`,
 `{version}/num_sets` (records without a version: `unversioned/...`), plus `num_skipped`.
 `max_examples` counts the selected version's records.
 
-Per-set results (`results_prefix`): `{prefix}.items.jsonl`, one line per scored set: `id`
-(the benchmark's own id), `image_name`, `version`, `key` (the row's location in the build's
-input), `set` (the set's position in the row's `sets`), `tag`, `chosen` (0 = gt), `correct`,
+Per-set results (`results_prefix`): `{prefix}.items.jsonl`, one line per scored set in input
+order: `id` (the benchmark's own id), `image_name`, `version`, `key` (the row's location in the
+build's input), `set` (the set's position in the row's `sets`), `tag`, `chosen` (0 = gt), `correct`,
 `cosine` (the 5 cosines, gt first), `cosine_margin` (best minus second best cosine),
 `near_tie`, and, when the embedder carries its `logit_scale`, `scores` (the 5 scores in the
 release's units, logit_scale x cosine, what its `--save-errors` writes). `{prefix}.near_ties.jsonl`
-holds the lines whose `cosine_margin` is below `NEAR_TIE`: float32 differences between two
-implementations can decide those sets differently, no others. (In cosine units the list is a
-superset of the one in the release's units whenever logit_scale >= 1.)
+holds the lines whose `cosine_margin` is below `NEAR_TIE` (1e-5): the sets whose choice the
+float32 rounding of another implementation may flip, to leave out of a set-by-set comparison
+with the release run on CPU in fp32 (its CUDA runs use fp16 autocast: larger differences). In
+cosine units this list holds every set whose margin in the release's units is below 1e-5,
+whenever logit_scale >= 1.
 
     python -m reasonclip_jax.evaluate --checkpoint CKPT --eval rclip_bench:out/rclip_v3 \\
         --output metrics.json   # also writes metrics.items.jsonl, metrics.near_ties.jsonl
@@ -219,7 +221,9 @@ def item_lines(results: SetResults, logit_scale: float | None = None) -> list[di
 
 
 def write_items(prefix: str, lines: Sequence[dict[str, Any]]) -> None:
-    """`{prefix}.items.jsonl` (every line) and `{prefix}.near_ties.jsonl` (the near ties)."""
+    """`{prefix}.items.jsonl` (every line) and `{prefix}.near_ties.jsonl` (the near ties), in
+    the order of the build's input (row keys in natural order, then sets)."""
+    lines = sorted(lines, key=lambda r: (records.natural_key(r["key"]), r["set"]))
     for path, rows in ((f"{prefix}.items.jsonl", lines),
                        (f"{prefix}.near_ties.jsonl", [r for r in lines if r["near_tie"]])):
         with open(path, "w", encoding="utf-8") as f:

@@ -18,7 +18,7 @@ cosines and the 5 scores in the release's units, exp(logit_scale) x cosine, corr
 several rclip_bench evals, `metrics.NAME.items.jsonl` and `metrics.NAME.near_ties.jsonl`.
 `version=v3` scores one RCLIP version of a directory, `version=all` each on its own:
 
-    python -m reasonclip_jax.evaluate --checkpoint CKPT --eval rclip_bench:out/rclip version=v3 \
+    python -m reasonclip_jax.evaluate --checkpoint CKPT --eval rclip_bench:out/rclip version=v3 \\
         --output metrics.json
 """
 
