@@ -506,7 +506,7 @@ class OracleEmbedder:
         ))
 
 
-def test_oracle_reaches_full_marks_on_scenes_bench(scenes_dir):
+def test_oracle_on_scenes_bench(scenes_dir):
     bench = os.path.join(scenes_dir, "bench")
     oracle = OracleEmbedder(records.ShardDirectory(bench, "test").read_all(), image_size=32)
     assert rclip_bench.evaluate(oracle, bench)["accuracy"] == 1.0
