@@ -7,7 +7,9 @@
         --output metrics.json
 
 Each `--eval TYPE:DIR [KEY=VALUE ...]` is one evaluator config (`reasonclip_jax.evaluators`):
-TYPE is rclip_bench, retrieval or zero_shot, DIR its data_dir, and KEY=VALUE sets any other
+TYPE is a key of `evaluators.EVALUATORS` (rclip_bench, rclip_retrieval, retrieval,
+retrieval_karpathy, retrieval_wds, zero_shot, zero_shot_folder, zero_shot_tfds; see the
+README), DIR its data_dir, and KEY=VALUE sets any other
 argument of that evaluator's `evaluate` (split, max_examples, caption_field, version) or
 `name`, the metric prefix (default TYPE). `--output` writes the metrics as JSON.
 
