@@ -137,3 +137,55 @@ def test_killed_process_stops_the_job_and_relaunch_resumes(scenes, one_process_r
     assert relaunch.returncode == 0, out[-4000:]
     assert "resumed from step" in out
     assert_params_close(final_params(workdir), final_params(one_process_run))
+
+
+EVAL_SCRIPT = """
+import functools, json, sys
+import jax
+from reasonclip_jax import evaluators
+from reasonclip_jax.evaluators.encoder import Encoder
+from reasonclip_jax.models.clip import CLIP, init_params
+from reasonclip_jax.parallel import distributed, sharding
+from reasonclip_jax.train import checkpoint
+
+distributed.initialize()
+ckpt, bench, out = sys.argv[1:4]
+params, config = checkpoint.load_model(ckpt)
+mesh = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1))
+boxed = jax.eval_shape(functools.partial(init_params, CLIP(config)), jax.random.key(0))
+shardings = sharding.logical_shardings(boxed, mesh)
+params = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]),
+                      params, shardings)
+encoder = Encoder(params, config, 16, mesh=mesh)
+evals = [dict(type="rclip_bench", name="bench", data_dir=bench, split="test"),
+         dict(type="retrieval", name="s1", data_dir=bench.replace("bench", "stage1"),
+              split="train", caption_field="desc", max_examples=40)]
+metrics = evaluators.run_evaluators(evals, encoder)
+if jax.process_index() == 0:
+    with open(out, "w") as f:
+        json.dump(metrics, f)
+"""
+
+
+def test_two_process_evaluation_equals_one_process(scenes, one_process_run, tmp_path):
+    """The same weights, sharded over 2 processes x 4 devices or 1 x 8: the same metrics;
+    each process decodes only its share of the images."""
+    ckpt, bench = os.path.join(one_process_run, "checkpoints"), os.path.join(scenes, "bench")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    one = subprocess.run(
+        [sys.executable, "-c", EVAL_SCRIPT, ckpt, bench, str(tmp_path / "one.json")],
+        cwd=ROOT, env={**env, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
+                       "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+        capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "reasonclip_jax.launch", "--processes", "2",
+         "--devices-per-process", "4", "--", sys.executable, "-c", EVAL_SCRIPT, ckpt, bench,
+         str(tmp_path / "two.json")],
+        cwd=ROOT, env={**env, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
+    with open(tmp_path / "one.json") as f, open(tmp_path / "two.json") as g:
+        metrics_one, metrics_two = json.load(f), json.load(g)
+    assert metrics_one.keys() == metrics_two.keys() and metrics_one["bench/num_sets"] > 0
+    for key, value in metrics_one.items():
+        assert metrics_two[key] == pytest.approx(value, abs=1e-9), key
