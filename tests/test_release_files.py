@@ -28,6 +28,7 @@ from flax import traverse_util
 from reference_openai_clip import OpenAICLIP
 from test_tokenizer import CORPUS as TOKENIZER_CORPUS
 from test_tokenizer import FUZZ as TOKENIZER_FUZZ
+from test_transforms import _noise_image
 
 from reasonclip_jax.data.transforms import eval_transform
 from reasonclip_jax.errors import UserError
@@ -123,14 +124,6 @@ def _quiet(fn, *args, **kwargs):
     with warnings.catch_warnings():  # "CLIPImageProcessor requires torchvision" -> PIL backend
         warnings.simplefilter("ignore")
         return fn(*args, **kwargs)
-
-
-def _noise_image(width: int, height: int, seed: int) -> PIL.Image.Image:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (height // 4 + 1, width // 4 + 1, 3), dtype=np.uint8)
-    image = PIL.Image.fromarray(base).resize((width, height), PIL.Image.Resampling.BILINEAR)
-    noise = rng.integers(-20, 21, (height, width, 3))
-    return PIL.Image.fromarray(np.clip(np.asarray(image) + noise, 0, 255).astype(np.uint8))
 
 
 # ------------------------------------------------------------------------- HF tokenizer
