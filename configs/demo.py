@@ -31,6 +31,9 @@ def get_config(arg: str = "/tmp/scenes"):
     c.input.augment = "center_crop"
     c.input.worker_count = 0
     c.input.read_threads = 2
+    # Batches of whole sibling groups (data_pipeline.build --scene-group-size 8): other
+    # states of a caption's family are in its batch.
+    c.input.group_size = 8
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     # From scratch, so larger learning rates than the continual-pretraining recipe.
     c.optim.groups = common.optim_groups(1e-3, 1e-3, 1e-2, 1e-3, tower_wd=0.0,
@@ -40,10 +43,17 @@ def get_config(arg: str = "/tmp/scenes"):
     c.log_every = 10
     c.eval_every = 100
     c.eval_batch_size = 128
-    c.evals = [dict(type="rclip_bench", name="scenes_bench", data_dir=os.path.join(data, "bench"),
-                    split="test")]
+    c.evals = [
+        dict(type="rclip_bench", name="scenes_bench", data_dir=os.path.join(data, "bench"),
+             split="test"),
+        # Descriptive alignment: image <-> descriptive caption retrieval on held-out scenes.
+        dict(type="retrieval", name="scenes_retrieval", data_dir=os.path.join(data, "bench"),
+             split="test", caption_field="desc", max_examples=500),
+    ]
     c.checkpoint.every_steps = 100
-    c.checkpoint.best_metric = "scenes_bench/accuracy"
+    # No selection on the benchmark: it is the test set. The demo reports fixed steps.
+    c.checkpoint.best_metric = ""
+    c_evals = [dict(e) for e in c.evals]
     if variant.startswith("smoke"):
         c.total_steps = 3
         c.num_devices = 1
@@ -52,6 +62,7 @@ def get_config(arg: str = "/tmp/scenes"):
         c.input.context_length = 24
         c.input.batch_size = 16
         c.input.read_threads = 1
+        c.input.group_size = 1
         c.log_every = 1
         c.eval_every = 0
         c.evals = []
@@ -62,6 +73,9 @@ def get_config(arg: str = "/tmp/scenes"):
                             data_dir=os.path.join(data, "bench"), max_examples=32)]
             c.eval_batch_size = 16
             c.checkpoint.best_metric = "scenes_bench/accuracy"
+        if variant == "smoke_demo":  # the demo's evaluations on a few examples
+            c.evals = [dict(e, max_examples=16) for e in c_evals]
+            c.eval_batch_size = 16
         c.optim.groups = [dict(name="all", regex=".*", lr=1e-4, wd=0.01)]
         c.optim.l2_init = dict(beta=1e-3, regex=r"^(visual|text)/")
     return c

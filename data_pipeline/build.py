@@ -95,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="scenes: held-out benchmark scenes (default: as many as --num-scenes)")
     p.add_argument("--seed", type=int, default=0, help="scenes: random seed")
     p.add_argument("--image-size", type=int, default=64, help="scenes: image side in pixels")
+    p.add_argument("--scene-group-size", type=int, default=1,
+                   help="scenes: training scenes in sibling groups of this size (the same "
+                        "families in other states), written next to each other for "
+                        "input.group_size")
     return p
 
 
@@ -121,6 +125,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         ("--min-size", args.min_size, 1, None),
         ("--max-pixels", args.max_pixels, 1, None),
         ("--image-size", args.image_size, 1, None),
+        ("--scene-group-size", args.scene_group_size, 1, None),
     ):
         if value < lo or (hi is not None and value > hi):
             raise UserError(f"{flag} {value}: must be in [{lo}, {hi if hi is not None else 'inf'})")
@@ -169,13 +174,15 @@ def _keep_first(item: tuple[str, Iterable[process.Processed]]) -> Iterator[Any]:
 def _place_and_encode(
     p: process.Processed, num_shards: int, fraction: float, eval_only: bool
 ) -> Any:
-    return _place(p, num_shards, fraction, eval_only), (p.record.id, encode_record(p.record))
+    order = write.order_key(p.record.id, p.record.group)
+    return _place(p, num_shards, fraction, eval_only), (order, encode_record(p.record))
 
 
 def _place(
     p: process.Processed, num_shards: int, fraction: float, eval_only: bool
 ) -> tuple[str, int]:
-    return write.place(p.record.id, num_shards, fraction, eval_only)
+    return write.place(write.placement_id(p.record.id, p.record.group), num_shards, fraction,
+                       eval_only)
 
 
 def _stats(p: process.Processed, num_shards: int, fraction: float, eval_only: bool) -> Counter:
@@ -310,6 +317,10 @@ def manifest_header(
     if source.name == "scenes":
         options.update(num_scenes=args.num_scenes, num_bench_scenes=_num_bench(args),
                        seed=args.seed, image_size=args.image_size)
+        if args.scene_group_size > 1 and not output.eval_only:
+            options["scene_group_size"] = args.scene_group_size
+            return {"source": output.name, "options": options,
+                    "group_size": args.scene_group_size}
     return {"source": output.name, "options": options}
 
 
@@ -331,7 +342,11 @@ def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
         num_bench_scenes=_num_bench(args),
         seed=args.seed,
         image_size=args.image_size,
+        scene_group_size=args.scene_group_size,
     )
+    if args.num_scenes % args.scene_group_size:
+        raise UserError(f"--num-scenes {args.num_scenes} is not a multiple of "
+                        f"--scene-group-size {args.scene_group_size}")
     units = sources.list_units(source, args.input, config)
     _check_beam_args(beam_args)
     directories = {

@@ -95,8 +95,9 @@ class RawRow:
     """One input row as a source read it, before any checking.
 
     `fields` uses the record's names: desc, reason (lists of str or bytes), cat_caption,
-    cat_label, image_labels, sets, and the benchmark's source_id, image_name, text, version
-    (str, kept verbatim). `error` is set when the source could not read the row at all.
+    cat_label, image_labels, sets, the benchmark's source_id, image_name, text, version
+    (str, kept verbatim), and group (a hard-negative group key, str). `error` is set when
+    the source could not read the row at all.
     """
 
     key: str  # the row's location: "file:row" or "shard.tar:KEY"
@@ -345,6 +346,10 @@ def clean_fields(
     out["sets"] = tuple(sets)
     if dropped:  # positions only when they are not simply 0, 1, 2, ...
         out["set_index"] = tuple(positions)
+    group = fields.get("group", "")
+    if not isinstance(group, str):
+        raise _Reject(MALFORMED, "group: not text")
+    out["group"] = group
     for name in _BENCH_META:  # verbatim, as the release keeps them
         value = fields.get(name, "")
         if not isinstance(value, str):

@@ -76,6 +76,7 @@ class SourceConfig:
     json_caption_fields: tuple[str, ...] = ("caption",)
     num_scenes: int = 0
     num_bench_scenes: int = 0  # held out: scene indices after the training scenes
+    scene_group_size: int = 1  # training scenes come in sibling groups of this size
     seed: int = 0
     image_size: int = 64
 
@@ -376,28 +377,30 @@ def read_scenes(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
 
     for index in range(unit.start, unit.stop):
         try:
-            scene = scenes.make_scene(index, config.seed, config.image_size)
+            held_out = index >= config.num_scenes
+            group_size = 1 if held_out else config.scene_group_size
+            scene = scenes.make_scene(index, config.seed, config.image_size, group_size)
             png = io.BytesIO()
             scene.image.save(png, "PNG")
         except Exception as e:
-            held_out = index >= config.num_scenes
             for output in ("bench",) if held_out else ("stage1", "stage2"):
                 yield dataclasses.replace(
                     _unreadable(unit, index - unit.start, e), key=f"scene:{index}", output=output
                 )
             continue
         image = png.getvalue()
-        if index >= config.num_scenes:
+        group = scenes.group_key(index, config.seed, group_size)
+        if held_out:
             yield RawRow(
                 key=scene.key, image_bytes=image, output="bench",
-                fields={"sets": list(scene.bench_sets)},
+                fields={"sets": list(scene.bench_sets), "desc": list(scene.desc)},
             )
             continue
         yield RawRow(
             key=scene.key,
             image_bytes=image,
             output="stage1",
-            fields={"desc": list(scene.desc), "reason": list(scene.reason)},
+            fields={"desc": list(scene.desc), "reason": list(scene.reason), "group": group},
         )
         for label, caption in scene.cat_captions:
             yield RawRow(
@@ -408,6 +411,8 @@ def read_scenes(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
                     "cat_caption": caption,
                     "cat_label": label,
                     "image_labels": list(scene.image_labels),
+                    # siblings share the layout: this category is the same family in each
+                    "group": f"{group}/{CATEGORIES[label]}" if group else "",
                 },
             )
 
@@ -419,6 +424,7 @@ def read_scenes(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
 _STAGE1 = Schema(desc=(3, 3), reason=(3, 3))
 _STAGE2 = Schema(cat_caption=True, image_labels=True)
 _BENCH = Schema(sets=True)
+_SCENES_BENCH = Schema(sets=True, desc=(3, 3))  # desc: descriptive retrieval on held-out scenes
 
 SOURCES: dict[str, Source] = {
     s.name: s
@@ -447,7 +453,7 @@ SOURCES: dict[str, Source] = {
             (
                 Output("stage1", "scenes-stage1", _STAGE1),
                 Output("stage2", "scenes-stage2", _STAGE2),
-                Output("bench", "scenes-bench", _BENCH, eval_only=True),
+                Output("bench", "scenes-bench", _SCENES_BENCH, eval_only=True),
             ),
             read_scenes,
         ),

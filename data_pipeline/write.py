@@ -3,7 +3,9 @@
 Placement is a function of the record id alone (validation if the id's first 64 bits, read as
 a fraction, fall below --validation-fraction; shard = the next 64 bits modulo N), and each
 shard file is written whole by one call with its records sorted by id, so the bytes of every
-file depend only on the set of records, not on how the work was split.
+file depend only on the set of records, not on how the work was split. Records of a
+hard-negative group (`Record.group`) are placed by a hash of the group instead, and sorted by
+(group, id): a group's records share a split and a shard and lie next to each other.
 
 A split that has records gets all N of its shard files (some possibly empty); shard files of
 an earlier run that this run does not produce (another N, a split now empty) are removed.
@@ -14,6 +16,7 @@ an earlier run that this run does not produce (another N, a split now empty) are
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -37,6 +40,16 @@ def place(
     return split, int(record_id[16:32], 16) % num_shards
 
 
+def placement_id(record_id: str, group: str) -> str:
+    """What `place` hashes: the record id, or for a grouped record a hash of its group."""
+    return hashlib.sha256(f"group\0{group}".encode()).hexdigest()[:32] if group else record_id
+
+
+def order_key(record_id: str, group: str) -> str:
+    """A record's sort key within its shard: by id, a group's records together."""
+    return f"{group}\0{record_id}" if group else record_id
+
+
 def _replace(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
@@ -47,7 +60,8 @@ def _replace(path: str, data: bytes) -> None:
 def write_shard(
     directory: str, split: str, shard: int, num_shards: int, items: Iterable[tuple[str, bytes]]
 ) -> str:
-    """Writes (id, encoded record) pairs as one shard file, sorted by id; returns its name."""
+    """Writes (sort key, encoded record) pairs as one shard file, sorted by key (`order_key`);
+    returns its name."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     name = records.shard_name(split, shard, num_shards)

@@ -18,12 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from array_record.python import array_record_data_source
 from PIL import Image
 from test_data_pipeline_process import png_header_only
 
 from data_pipeline import build, process, write
 from data_pipeline.synthetic import scenes
 from reasonclip_jax.data import records
+from reasonclip_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -561,6 +563,32 @@ def test_scenes_write_three_directories(tmp_path):
         for label, caption in s.cat_captions:
             r = stage2[f"{s.key}/{records.CATEGORIES[label]}"][1]
             assert (r.cat_caption, r.cat_label, r.image_labels) == (caption, label, s.image_labels)
+
+
+def test_scene_groups_are_written_next_to_each_other(tmp_path):
+    out = str(tmp_path / "out")
+    build.run(["--source", "scenes", "--num-scenes", "12", "--scene-group-size", "4",
+               "--num-bench-scenes", "3", "--num-shards", "3", "--seed", "1",
+               "--validation-fraction", "0.3", "--output", out])
+    for subdir, per_group in (("stage1", 4), ("stage2", 4)):
+        directory = os.path.join(out, subdir)
+        manifest = records.read_manifest(directory)
+        assert manifest["group_size"] == 4
+        seen = []
+        for split in manifest["splits"]:
+            for path in records.shard_paths(directory, split):
+                shard = array_record_data_source.ArrayRecordDataSource([path])
+                groups = [records.decode_record(shard[i]).group for i in range(len(shard))]
+                assert len(groups) % per_group == 0
+                runs = [groups[i:i + per_group] for i in range(0, len(groups), per_group)]
+                assert all(len(set(run)) == 1 and run[0] for run in runs), groups
+                seen += [run[0] for run in runs]
+        assert len(seen) == len(set(seen)) == (3 if subdir == "stage1" else 9)
+    assert "group_size" not in records.read_manifest(os.path.join(out, "bench"))
+    assert all(not r.group for _, r in read_back(os.path.join(out, "bench")).values())
+    with pytest.raises(UserError, match="not a multiple of --scene-group-size 4"):
+        build.run(["--source", "scenes", "--num-scenes", "10", "--scene-group-size", "4",
+                   "--output", out])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -428,3 +428,77 @@ def test_glob_of_shard_files(small_dir):
     cfg = config([os.path.join(small_dir, "train-00000-of-*.array_record")], batch_size=12)
     (batch,), _ = take(cfg, 1)
     assert sorted(batch["record_index"]) == list(range(12))
+
+
+# ---------------------------------------------------------------------------------------------
+# Hard-negative groups (input.group_size).
+
+GROUP = 4
+
+
+@pytest.fixture(scope="module")
+def grouped_dir(tmp_path_factory):
+    """24 records in groups of 4 (records 4k..4k+3), 2 shards of 12, as the preprocessing
+    writes them with --scene-group-size 4."""
+    path = shard_dir(tmp_path_factory, "grouped", 24)
+    with open(os.path.join(path, "manifest.json"), "w") as f:
+        json.dump({"format_version": records.FORMAT_VERSION, "group_size": GROUP}, f)
+    return path
+
+
+def _assert_whole_groups(batch):
+    """Each run of GROUP rows is the GROUP records of one group."""
+    blocks = batch["record_index"].reshape(-1, GROUP)
+    assert (np.sort(blocks, axis=1) == blocks[:, :1] // GROUP * GROUP + np.arange(GROUP)).all()
+
+
+@pytest.mark.parametrize("process_count,workers,batch", [(1, 0, 8), (2, 0, 8), (1, 2, 12)])
+def test_groups_stay_in_one_batch_and_epochs_read_each_example_once(
+        grouped_dir, process_count, workers, batch):
+    # With 2 workers, 12 = 3 groups: each worker's share of an epoch is one whole batch.
+    cfg = config([grouped_dir], batch_size=batch, group_size=GROUP, worker_count=workers)
+    per_epoch, batches_per_epoch = [[], []], 24 // batch
+    for p in range(process_count):
+        batches, _ = take(cfg, 2 * batches_per_epoch, process_index=p,
+                          process_count=process_count)
+        for i, b in enumerate(batches):
+            _assert_whole_groups(b)
+            per_epoch[i // batches_per_epoch].extend(b["record_index"].tolist())
+    for epoch in per_epoch:
+        assert sorted(epoch) == list(range(24))
+
+
+def test_groups_give_one_caption_variant_per_unit(grouped_dir):
+    # Stage 1: 9 (desc, reason) variants per record; a unit is (group, variant), so a group's
+    # records come with the same pair, and each epoch meets every pair of every record once.
+    cfg = config([grouped_dir], batch_size=8, group_size=GROUP)
+    batches, _ = take(cfg, 27, view=views.CaptionPairsView())
+    pairs = []
+    for b in batches:
+        _assert_whole_groups(b)
+        desc, reason = texts(b, "text_desc"), texts(b, "text_reason")
+        for rows in np.arange(8).reshape(-1, GROUP):
+            assert len({(desc[r][-1], reason[r][-1]) for r in rows}) == 1
+        pairs += [(int(i), d, r) for i, d, r in zip(b["record_index"], desc, reason,
+                                                     strict=True)]
+    assert len(set(pairs)) == 24 * 9
+
+
+def test_resume_with_groups(grouped_dir):
+    cfg = config([grouped_dir], batch_size=8, group_size=GROUP, read_threads=2, prefetch=2)
+    full, _ = take(cfg, 7)
+    _, state = take(cfg, 3)
+    rest, _ = take(cfg, 4, state=json.loads(json.dumps(state)))
+    assert_batches_equal(full[3:], rest)
+    # start_position (a resume with another process count) skips whole groups
+    later, _ = take(cfg, 4, start_position=3 * 8)
+    assert_batches_equal(full[3:], later)
+
+
+def test_group_errors(grouped_dir, small_dir):
+    with pytest.raises(UserError, match="does not divide the per-process batch 6"):
+        take(config([grouped_dir], batch_size=6, group_size=GROUP), 1)
+    with pytest.raises(UserError, match="written in groups of 1, but input.group_size is 4"):
+        take(config([small_dir], batch_size=8, group_size=GROUP), 1)
+    with pytest.raises(UserError, match="written in groups of 4, but input.group_size is 2"):
+        take(config([grouped_dir], batch_size=8, group_size=2), 1)

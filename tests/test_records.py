@@ -1,5 +1,6 @@
 """The shard record format: deterministic round trip, corrupt input, manifest version."""
 
+import dataclasses
 import json
 import struct
 
@@ -67,6 +68,11 @@ def test_old_records_decode_with_the_new_fields_empty_and_encode_the_same():
     decoded = records.decode_record(old)
     assert decoded == _record()
     assert (decoded.source_id, decoded.image_name, decoded.text, decoded.version) == ("",) * 4
-    assert decoded.set_index == () and decoded.exif_transpose is False
+    assert decoded.set_index == () and decoded.exif_transpose is False and decoded.group == ""
     # A record without the new fields writes the bytes it always did (training shards, hashes).
     assert records.encode_record(_record()) == old
+
+
+def test_group_round_trips():
+    record = dataclasses.replace(_record(), group="scenes-0-of8-00000003")
+    assert records.decode_record(records.encode_record(record)) == record

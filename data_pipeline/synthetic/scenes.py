@@ -120,13 +120,18 @@ def sample_fact(rng: random.Random, family: Family, slot: int) -> FactSpec:
                     size=rng.uniform(0.82, 1.0), shift=rng.uniform(-0.04, 0.04))
 
 
-def sample_spec(rng: random.Random) -> SceneSpec:
-    """Three categories, one fact of each, in a random slot order; states are uniform."""
-    categories = sorted(rng.sample(range(5), 3))
-    slots = rng.sample(range(3), 3)
+def sample_spec(rng: random.Random, layout_rng: random.Random | None = None) -> SceneSpec:
+    """Three categories, one fact of each, in a random slot order; states are uniform.
+    `layout_rng` (default `rng`) draws the categories, slots and families, `rng` the rest:
+    scenes that share a layout rng are siblings, the same families in other states,
+    colours and rooms."""
+    layout_rng = layout_rng or rng
+    categories = sorted(layout_rng.sample(range(5), 3))
+    slots = layout_rng.sample(range(3), 3)
     facts, nouns = [], set()
     for category, slot in zip(categories, slots, strict=True):
-        family = rng.choice([f for f in FAMILIES_BY_CATEGORY[category] if not f.nouns & nouns])
+        family = layout_rng.choice(
+            [f for f in FAMILIES_BY_CATEGORY[category] if not f.nouns & nouns])
         nouns |= family.nouns
         facts.append(sample_fact(rng, family, slot))
     return SceneSpec(rng.choice(sorted(WALLS)), rng.choice(sorted(FLOORS)), tuple(facts))
@@ -175,14 +180,22 @@ def describe(spec: SceneSpec, rng: random.Random) -> tuple[str, str, str]:
     )
 
 
-def explain(spec: SceneSpec) -> tuple[str, str, str]:
-    """Three open-form reasoning captions, two sentences each: one fact with its evidence,
-    then the bare inference of the next fact."""
-    facts = spec.facts
+REASON_FORMS: tuple[Callable[[FactSpec], str], ...] = (
+    lambda f: sentence(f"{f.inference()}, because {f.evidence()}"),
+    with_evidence,
+    lambda f: sentence(f.inference()),
+)
+
+
+def explain(spec: SceneSpec, rng: random.Random) -> tuple[str, str, str]:
+    """Three reasoning captions, one per fact, so that within a batch a caption is told
+    apart from the other images of its family only by the state (two facts together
+    would name a family pair, which alone identifies the image). The facts take the three
+    phrasings (inference because evidence; evidence so inference; bare inference) in a
+    random rotation."""
+    offset = rng.randrange(len(REASON_FORMS))
     return tuple(  # type: ignore[return-value]
-        sentence(f"{f.inference()}, because {f.evidence()}") + " "
-        + sentence(facts[(i + 1) % 3].inference())
-        for i, f in enumerate(facts)
+        REASON_FORMS[(i + offset) % len(REASON_FORMS)](f) for i, f in enumerate(spec.facts)
     )
 
 
@@ -218,18 +231,29 @@ def render_scene(spec: SceneSpec, key: str, image_size: int, rng: random.Random)
         key=key,
         image=render(spec, image_size),
         desc=describe(spec, rng),
-        reason=explain(spec),
+        reason=explain(spec, rng),
         image_labels=tuple(f.category for f in spec.facts),  # type: ignore[arg-type]
         cat_captions=tuple((f.category, with_evidence(f)) for f in spec.facts),
         bench_sets=bench_sets(spec, rng),
     )
 
 
-def make_scene(index: int, seed: int, image_size: int = 64) -> Scene:
+def group_key(index: int, seed: int, group_size: int) -> str:
+    """The hard-negative group of scene `index` ("" when scenes are independent)."""
+    return f"scenes-{seed}-of{group_size}-{index // group_size:08d}" if group_size > 1 else ""
+
+
+def make_scene(index: int, seed: int, image_size: int = 64, group_size: int = 1) -> Scene:
     """The scene number `index` of the stream `seed`; a pure function of its arguments
-    (captions do not depend on image_size)."""
+    (captions do not depend on image_size). With `group_size` G > 1, scenes
+    [kG, (k+1)G) are siblings: the same families in the same slots, each in its own
+    states, colours and room, so that a batch holding them has, for every reasoning
+    caption, images of other states of the same family as negatives."""
     rng = scene_rng(index, seed)
-    return render_scene(sample_spec(rng), f"scene-{seed}-{index:08d}", image_size, rng)
+    group = group_key(index, seed, group_size)
+    layout_rng = random.Random(f"reasonclip-scenes/{group}") if group else None
+    return render_scene(sample_spec(rng, layout_rng), f"scene-{seed}-{index:08d}", image_size,
+                        rng)
 
 
 def make_scenes(num_scenes: int, seed: int, image_size: int = 64) -> Iterator[Scene]:

@@ -85,6 +85,14 @@ Config keys (`get_config()`; a training config sets them under `config.input`):
                         cores and threads only to hide slow (remote) reads
     read_buffer_size    examples buffered per process ahead of batching
     prefetch            batches a background thread of the trainer keeps ready; 0 = none
+    group_size          1, or G > 1: hard-negative groups. Records [kG, (k+1)G) of every shard
+                        are one group (siblings the preprocessing wrote together, manifest
+                        `group_size` G, e.g. `data_pipeline.build --scene-group-size G`);
+                        the shuffle then permutes (group, variant) units and each unit gives
+                        its G records' examples of that variant one after another, so a
+                        batch holds whole groups (batch_size / process_count must be a
+                        multiple of G; workers get whole groups too). Every epoch still
+                        reads each example once.
 
 Try it (a shard directory from data_pipeline/):
 
@@ -137,6 +145,7 @@ def get_config() -> ml_collections.ConfigDict:
             read_threads=0,
             read_buffer_size=64,
             prefetch=2,
+            group_size=1,
         )
     )
 
@@ -216,6 +225,55 @@ def _finish(ds: grain.IterDataset, cfg: ml_collections.ConfigDict) -> grain.Iter
     return ds
 
 
+def _check_groups(sources: Sequence[examples.Source], group_size: int, local_batch: int
+                  ) -> None:
+    """Every shard must hold whole groups of `group_size` records, written as groups."""
+    import os
+
+    from array_record.python import array_record_data_source
+
+    from reasonclip_jax.data import records
+
+    if local_batch % group_size:
+        raise UserError(f"input.group_size {group_size} does not divide the per-process batch "
+                        f"{local_batch}")
+    for source in sources:
+        for path in source.paths:
+            written = records.read_manifest(os.path.dirname(path) or ".").get("group_size", 1)
+            if written != group_size:
+                raise UserError(f"{path} was written in groups of {written}, but "
+                                f"input.group_size is {group_size}")
+            count = len(array_record_data_source.ArrayRecordDataSource([path]))
+            if count % group_size:
+                raise UserError(f"{path}: {count} records, not whole groups of {group_size} "
+                                f"(a record of a group was rejected?)")
+
+
+@dataclasses.dataclass(frozen=True)
+class _GroupReader:
+    """(source, epoch, unit) -> the unit's `group_size` examples: group g = unit // E of the
+    source's records, variant v = unit % E, member m -> example ((g * G + m) * E + v)."""
+
+    reader: examples.ExampleReader
+    group_size: int
+
+    def __call__(self, item: tuple[int, int, int]) -> list[Any]:
+        source_id, epoch, unit = item
+        per_record = self.reader.view.examples_per_record
+        group, variant = divmod(unit, per_record)
+        first = group * self.group_size
+        return [self.reader((source_id, epoch, (first + m) * per_record + variant))
+                for m in range(self.group_size)]
+
+
+class _Flatten(grain.experimental.FlatMapTransform):
+    def __init__(self, group_size: int):
+        self.max_fan_out = group_size
+
+    def flat_map(self, element: list[Any]) -> list[Any]:
+        return element
+
+
 def _read_options(cfg: ml_collections.ConfigDict) -> grain.ReadOptions:
     return grain.ReadOptions(
         num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_buffer_size
@@ -244,9 +302,15 @@ def make_train_dataset(
     )
     sources = examples.open_sources(cfg.data_dirs, cfg.split)
     reader = examples.make_reader(cfg, view, sources, cfg.augment, tokenize_fn)
+    group = cfg.get("group_size", 1)
+    if group > 1:
+        _check_groups(sources, group, local_batch)
+        if start_position % group:
+            raise UserError(f"start position {start_position} splits a group of {group}")
     per_source = []
     for source_id, source in enumerate(sources):
-        epoch_size = source.num_records * reader.view.examples_per_record
+        # With groups the shuffled space is (group, variant) units, group examples each.
+        epoch_size = source.num_records // group * reader.view.examples_per_record
         seed = views.seeded_int(cfg.shuffle_seed, source_id) % 2**32
         ds = grain.MapDataset.range(epoch_size).shuffle(seed).repeat(cfg.num_epochs)
         per_source.append(ds.map_with_index(functools.partial(_tag_item, source_id, epoch_size)))
@@ -256,10 +320,14 @@ def make_train_dataset(
         epoch_sizes = [s.num_records * reader.view.examples_per_record for s in sources]
         ds = grain.MapDataset.mix(per_source, _mixture_weights(cfg, epoch_sizes))
     if start_position:
-        ds = ds[start_position:]
-    ds = ds[process_index::process_count].map(reader)
-    ds = batching.SkippingBatchIterDataset(ds.to_iter_dataset(_read_options(cfg)), local_batch,
-                                  _batch_memory(cfg))
+        ds = ds[start_position // group:]
+    ds = ds[process_index::process_count]
+    if group > 1:
+        ds = ds.map(_GroupReader(reader, group)).to_iter_dataset(_read_options(cfg))
+        ds = grain.experimental.FlatMapIterDataset(ds, _Flatten(group))
+    else:
+        ds = ds.map(reader).to_iter_dataset(_read_options(cfg))
+    ds = batching.SkippingBatchIterDataset(ds, local_batch, _batch_memory(cfg))
     return _finish(ds, cfg)
 
 

@@ -31,6 +31,9 @@ as before they existed, and older records decode with them empty):
     exif_transpose bool       decoders apply the image's EXIF orientation before use (what the
                               release's parquet path gets from `datasets.Image`); absent: the
                               bytes decode as they are (`PIL.Image.open(...).convert("RGB")`)
+    group          str        the record's hard-negative group: the preprocessing puts a group's
+                              records in one shard, next to each other, and the training
+                              pipeline's `group_size` keeps them in one batch
 
 A shard directory holds `{split}-{shard:05d}-of-{N:05d}.array_record` files and a
 `manifest.json` whose "format_version" must equal `FORMAT_VERSION`.
@@ -82,6 +85,7 @@ class Record:
     version: str = ""
     set_index: tuple[int, ...] = ()
     exif_transpose: bool = False
+    group: str = ""
 
 
 _HEADER_KEYS = (
@@ -89,7 +93,9 @@ _HEADER_KEYS = (
     "cat_caption", "cat_label", "image_labels", "sets",
 )
 # Optional keys, left out of the header while empty (their defaults are all falsy).
-_OPTIONAL_KEYS = ("source_id", "image_name", "text", "version", "set_index", "exif_transpose")
+_OPTIONAL_KEYS = (
+    "source_id", "image_name", "text", "version", "set_index", "exif_transpose", "group",
+)
 
 
 def encode_record(record: Record) -> bytes:
@@ -122,6 +128,7 @@ def decode_record(data: bytes) -> Record:
         source_id=h.get("source_id", ""), image_name=h.get("image_name", ""),
         text=h.get("text", ""), version=h.get("version", ""),
         set_index=tuple(h.get("set_index", ())), exif_transpose=h.get("exif_transpose", False),
+        group=h.get("group", ""),
     )
 
 
