@@ -54,7 +54,7 @@ def test_named_arguments_and_their_errors():
 
 def test_demo_configs_fit_their_model():
     for stage in ("stage0", "stage1", "stage2"):
-        for variant in ("", "smoke"):
+        for variant in ("", "smoke", "smoke_demo"):
             c = demo.get_config(f"/tmp/scenes,{stage},{variant}")
             trainer.check_input_fits_model(
                 c.input, get_preset(c.model.preset, **dict(c.model.overrides)))
