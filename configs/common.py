@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = dict(
         kind="softmax", impl="gather", gamma=0.05,
         negatives_gradient="global",  # or "local": the PyTorch release's rule (losses.py)
+        tile_size=1024,  # impl="tiled_ring": logits held per device, tile_size^2 not n^2
         lam=dict(start=0.7, end=0.5, final=0.6, ramp_from=0.2, ramp_to=0.8),
     )
     c.grad_accum = dict(micro_batches=1, mode="gradcache")  # or "plain" (fewer negatives)

@@ -1,11 +1,16 @@
 """Contrastive losses against an independent float64 numpy reference, on 8 simulated devices.
 
-Every implementation (softmax/sigmoid x gather/ring) on meshes (8,1,1), (2,4,1) and (2,2,2)
-(the tensor axis is not a batch axis) must give the single-device loss, accuracies and
-gradients w.r.t. img, txt, log_scale and bias, with no factor-of-world-size scaling.
+Every implementation (softmax/sigmoid x gather/ring/tiled_ring) on meshes (8,1,1), (2,4,1)
+and (2,2,2) (the tensor axis is not a batch axis) must give the single-device loss,
+accuracies and gradients w.r.t. img, txt, log_scale and bias, with no factor-of-world-size
+scaling. The tiled ring runs in tiles smaller than the local batch (2 x 2 tiles of a 4 x 4
+block on 8 batch devices, 4 x 4 tiles of 8 x 8 on 4), and its compiled program must hold no
+n x n array.
 
     python -m pytest tests/test_losses.py
 """
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +29,7 @@ N, D = 32, 16
 LOG_SCALE, BIAS = np.log(10.0), -4.0
 MESHES = {"8x1x1": (8, 1, 1), "2x4x1": (2, 4, 1), "2x2x2": (2, 2, 2)}
 BATCH_AXES = ("data", "fsdp")
+TILE = 2  # tiled_ring's tile side in these tests; the other implementations ignore it
 
 
 # ----------------------------------------------------------------------------------------
@@ -105,12 +111,13 @@ def assert_close(actual, expected, rtol=1e-5):
     np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale)
 
 
-def loss_and_grads(img, txt, kind, impl, mesh, batch_axes=BATCH_AXES):
+def loss_and_grads(img, txt, kind, impl, mesh, batch_axes=BATCH_AXES, tile_size=TILE):
     """jit(value_and_grad) of `contrastive_loss` on inputs sharded like the trainer's."""
 
     def fn(img, txt, log_scale, bias):
         return contrastive_loss(
-            img, txt, log_scale, bias, kind=kind, impl=impl, mesh=mesh, batch_axes=batch_axes
+            img, txt, log_scale, bias, kind=kind, impl=impl, mesh=mesh, batch_axes=batch_axes,
+            tile_size=tile_size,
         )
 
     if mesh is not None:
@@ -143,10 +150,11 @@ def test_reference_gradients_match_finite_differences(kind):
         np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("impl", ["gather", "tiled_ring"])  # tiled_ring: a ring of one
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
-def test_single_device(kind):
+def test_single_device(kind, impl):
     img, txt = embeddings()
-    (loss, metrics), grads = loss_and_grads(img, txt, kind, "gather", None)
+    (loss, metrics), grads = loss_and_grads(img, txt, kind, impl, None, tile_size=8)
     ref = (img.astype(np.float64), txt.astype(np.float64), LOG_SCALE, BIAS)
     assert_close(loss, ref_loss(*ref, kind))
     for got, want in zip(grads, ref_grads(*ref, kind), strict=True):
@@ -162,11 +170,12 @@ def test_single_device(kind):
 
 
 @pytest.mark.parametrize("mesh_name", list(MESHES))
-@pytest.mark.parametrize("impl", ["gather", "ring"])
+@pytest.mark.parametrize("impl", ["gather", "ring", "tiled_ring"])
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
-def test_distributed_matches_reference(kind, impl, mesh_name):
+def test_distributed_matches_reference(kind, impl, mesh_name, tile_size=TILE):
     img, txt = embeddings(seed=2)
-    (loss, metrics), grads = loss_and_grads(img, txt, kind, impl, make_mesh(MESHES[mesh_name]))
+    (loss, metrics), grads = loss_and_grads(img, txt, kind, impl, make_mesh(MESHES[mesh_name]),
+                                            tile_size=tile_size)
     ref = (img.astype(np.float64), txt.astype(np.float64), LOG_SCALE, BIAS)
     assert_close(loss, ref_loss(*ref, kind))
     names = ("img", "txt", "log_scale", "bias")
@@ -181,17 +190,53 @@ def test_distributed_matches_reference(kind, impl, mesh_name):
     assert float(metrics["acc_t2i"]) == pytest.approx(acc_t2i)
 
 
-def test_batch_axes_of_size_one_is_single_device():
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+def test_tile_larger_than_local_batch_is_one_tile(kind):
+    """tile_size above n = 4 (8 batch devices) visits each block whole, as the ring does."""
+    test_distributed_matches_reference(kind, "tiled_ring", "8x1x1", tile_size=64)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+def test_tiled_ring_holds_no_block_of_logits(kind):
+    """The compiled program of the tiled ring has no n x n array; the untiled ring's has
+    (the check can fail). n = 64 rows per device, tiles of 16 x 16, D = 16."""
+    mesh = make_mesh((8, 1, 1))
+    emb = jax.ShapeDtypeStruct((8 * 64, D), jnp.float32,
+                               sharding=NamedSharding(mesh, P(BATCH_AXES)))
+    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
+
+    def program(impl):
+        def loss(img, txt, log_scale, bias):
+            return contrastive_loss(img, txt, log_scale, bias, kind=kind, impl=impl, mesh=mesh,
+                                    batch_axes=BATCH_AXES, tile_size=16)[0]
+
+        grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
+        return grad.lower(emb, emb, scalar, scalar).compile()
+
+    block = re.compile(r"\[64,64\]")
+    tiled, ring = program("tiled_ring"), program("ring")
+    assert block.search(ring.as_text())
+    assert not block.search(tiled.as_text())
+    assert re.search(r"\[16,16\]", tiled.as_text())
+    assert (tiled.memory_analysis().temp_size_in_bytes
+            < ring.memory_analysis().temp_size_in_bytes)
+
+
+@pytest.mark.parametrize("impl", ["ring", "tiled_ring"])
+def test_batch_axes_of_size_one_is_single_device(impl):
     """A mesh whose batch axes have size 1 (all devices on `tensor`) computes on one device."""
     img, txt = embeddings(seed=3)
-    (loss, _), grads = loss_and_grads(img, txt, "softmax", "ring", make_mesh((1, 1, 8)))
+    (loss, _), grads = loss_and_grads(img, txt, "softmax", impl, make_mesh((1, 1, 8)),
+                                      tile_size=8)
     ref = (img.astype(np.float64), txt.astype(np.float64), LOG_SCALE, BIAS)
     assert_close(loss, ref_loss(*ref, "softmax"))
     assert_close(grads[0], ref_grads(*ref, "softmax")[0])
 
 
-def test_ring_keeps_bfloat16_gradients():
-    """bf16 embeddings: float32 logits inside, gradients come back in the inputs' dtype.
+@pytest.mark.parametrize("impl", ["ring", "tiled_ring"])
+def test_ring_keeps_bfloat16_gradients(impl):
+    """bf16 embeddings: float32 logits inside, gradients come back in the inputs' dtype
+    (measured on the untiled ring; the tiled one meets the same tolerances).
 
     Errors measured here (seed 4, mesh 8x1x1; `assert_close` scale: the largest reference
     entry). Against the float64 reference on the original float32 inputs: loss 1.9e-4,
@@ -203,7 +248,7 @@ def test_ring_keeps_bfloat16_gradients():
     """
     img, txt = embeddings(seed=4)
     mesh = make_mesh((8, 1, 1))
-    (loss, _), grads = loss_and_grads(jnp.bfloat16(img), jnp.bfloat16(txt), "softmax", "ring", mesh)
+    (loss, _), grads = loss_and_grads(jnp.bfloat16(img), jnp.bfloat16(txt), "softmax", impl, mesh)
     assert grads[0].dtype == grads[1].dtype == jnp.bfloat16
     ref = (img.astype(np.float64), txt.astype(np.float64), LOG_SCALE, BIAS)
     assert_close(loss, ref_loss(*ref, "softmax"), rtol=6e-4)  # was 2e-2, 100x the error
@@ -229,6 +274,9 @@ def test_ring_keeps_bfloat16_gradients():
         ({"impl": "allreduce"}, "unknown contrastive loss impl 'allreduce'"),
         ({"kind": "sigmoid", "bias": None}, "needs bias="),
         ({"batch_axes": ("data", "replica")}, "not axes of the mesh"),
+        ({"impl": "tiled_ring", "tile_size": 3}, "local batch 4 .* not a multiple of tile_size 3"),
+        ({"impl": "tiled_ring", "tile_size": 0}, "tile_size must be a positive"),
+        ({"impl": "tiled_ring", "negatives_gradient": "local"}, "needs impl='gather'"),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -239,7 +287,7 @@ def test_bad_arguments(kwargs, message):
         contrastive_loss(img, txt, jnp.float32(LOG_SCALE), bias, **args)
 
 
-@pytest.mark.parametrize("impl", ["gather", "ring"])
+@pytest.mark.parametrize("impl", ["gather", "ring", "tiled_ring"])
 def test_batch_not_divisible_by_devices(impl):
     img, txt = embeddings(n=36)
     with pytest.raises(ValueError, match="36 is not divisible by the 8 devices"):

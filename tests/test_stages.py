@@ -22,7 +22,7 @@ def test_stage1_weight_schedule(p, lam):
 
 def _loss_config(gamma=0.05):
     return ml_collections.ConfigDict(dict(kind="softmax", impl="gather", gamma=gamma, lam=LAM,
-                                          negatives_gradient="global"))
+                                          negatives_gradient="global", tile_size=1024))
 
 
 def _logsumexp(x, axis):

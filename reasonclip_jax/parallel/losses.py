@@ -22,6 +22,12 @@ of the mesh (n = N / world rows per device):
   Nothing per step is stored, so per-device memory is O(n^2 + n*D) whatever the world size.
   (Differentiating the forward ring instead, even with `jax.checkpoint` per step, saves the
   travelling n x D block of every step: N x D per device, growing with the world size.)
+- `tiled_ring`: the ring, with each n x n block visited in t x t tiles (Inf-CL,
+  arXiv:2410.17243), forward and backward: the running statistics (row and column
+  log-sum-exps for softmax, plain sums for sigmoid) and the gradients are merged tile by
+  tile, so no n x n array exists and per-device memory is O(t^2 + n*D). The same exact
+  loss and gradients as `ring` (only the float32 summation order differs); `ring` is this
+  code with one tile per block.
 
 Accuracy metrics (top-1 over the global batch, image->text and text->image) never build an
 N x N matrix per device: the ring keeps a running argmax per row and per column, the gather
@@ -36,12 +42,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 KINDS = ("softmax", "sigmoid")
-IMPLS = ("gather", "ring")
+IMPLS = ("gather", "ring", "tiled_ring")
 NEGATIVES_GRADIENTS = ("global", "local")
 
 Metrics = dict[str, jax.Array]
@@ -230,6 +237,38 @@ def _ring_perm(world: int) -> list[tuple[int, int]]:
     return [(j, (j - 1) % world) for j in range(world)]
 
 
+def _rows_at(x: jax.Array, start: jax.Array | int, size: int) -> jax.Array:
+    return lax.dynamic_slice_in_dim(x, start, size, axis=0)
+
+
+def _merge_at(stats: _Running, start: jax.Array | int, z: jax.Array, first: jax.Array,
+              axis: int) -> _Running:
+    """`_running_merge` of the entries [start, start + tile) of `stats`, written back."""
+    part = jax.tree.map(lambda a: _rows_at(a, start, z.shape[1 - axis]), stats)
+    part = _running_merge(part, z, first, axis)
+    return jax.tree.map(lambda a, b: lax.dynamic_update_slice_in_dim(a, b, start, 0),
+                        stats, part)
+
+
+def _add_at(x: jax.Array, start: jax.Array | int, update: jax.Array) -> jax.Array:
+    """`x[start : start + len(update)] += update`, in place inside a loop."""
+    return lax.dynamic_update_slice_in_dim(x, _rows_at(x, start, len(update)) + update,
+                                           start, 0)
+
+
+def _over_tiles(tile_fn, n: int, tile: int, carry):
+    """`carry = tile_fn(row_start, col_start, carry)` for every tile x tile tile of an n x n
+    block, row tile by row tile; one tile per block calls it once, outside any loop."""
+    per_side = n // tile
+    if per_side == 1:
+        return tile_fn(0, 0, carry)
+
+    def body(k, carry):
+        return tile_fn((k // per_side) * tile, (k % per_side) * tile, carry)
+
+    return lax.fori_loop(0, per_side * per_side, body, carry)
+
+
 def _ring_forward(
     img: jax.Array,
     txt: jax.Array,
@@ -240,6 +279,7 @@ def _ring_forward(
     axes: tuple[str, ...],
     world: int,
     total: int,
+    tile: int,
 ) -> tuple[tuple[jax.Array, Metrics], tuple[jax.Array, ...]]:
     """shard_map body: loss, metrics, and the log-sum-exps the backward ring needs."""
     n = img.shape[0]
@@ -250,12 +290,19 @@ def _ring_forward(
     def step(carry, k):
         rows, cols, txt_c, loss = carry
         c = (me + k) % world  # global block index of the texts held at this step
-        z = _logits(img, txt_c, log_scale, None if softmax else bias)
-        rows = _running_merge(rows, z, c * n, axis=1)
-        cols = _running_merge(cols, z, me * n, axis=0)
-        if not softmax:
-            positive = jnp.where(c == me, jnp.arange(n), -1)  # only the home block has any
-            loss = loss + _sigmoid_rows_loss(z, positive)
+
+        def tile_fn(r0, c0, acc):
+            rows, cols, loss = acc
+            z = _logits(_rows_at(img, r0, tile), _rows_at(txt_c, c0, tile), log_scale,
+                        None if softmax else bias)
+            rows = _merge_at(rows, r0, z, c * n + c0, axis=1)
+            cols = _merge_at(cols, c0, z, me * n + r0, axis=0)
+            if not softmax:  # only the home block has positives, on its diagonal
+                positive = jnp.where(c == me, r0 - c0 + jnp.arange(tile), -1)
+                loss = loss + _sigmoid_rows_loss(z, positive)
+            return rows, cols, loss
+
+        rows, cols, loss = _over_tiles(tile_fn, n, tile, (rows, cols, loss))
         cols, txt_c = lax.ppermute((cols, txt_c), axes, perm)
         return (rows, cols, txt_c, loss), None
 
@@ -296,8 +343,9 @@ def _ring_backward(
     axes: tuple[str, ...],
     world: int,
     total: int,
+    tile: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """shard_map body: gradients of `g * loss`, recomputing each n x n block once more."""
+    """shard_map body: gradients of `g * loss`, recomputing each logits tile once more."""
     n = img.shape[0]
     me = lax.axis_index(axes)
     softmax = kind == "softmax"
@@ -305,25 +353,34 @@ def _ring_backward(
     img32 = img.astype(jnp.float32)
     coef = g.astype(jnp.float32) / total
     perm = _ring_perm(world)
+    index = jnp.arange(tile)
 
     def step(carry, k):
         txt_c, col_lse_c, dtxt_c, dimg, dlog_scale, dbias = carry
         c = (me + k) % world
-        sim = _similarity(img32, txt_c)
-        z = scale * sim
-        positive = (c == me) & jnp.eye(n, dtype=bool)
-        if softmax:  # d/dz of 0.5 * (row LSE + column LSE - 2 * positive logit)
-            row_lse = lse[0]
-            dz = (0.5 * coef) * (
-                jnp.exp(z - row_lse[:, None]) + jnp.exp(z - col_lse_c[None, :]) - 2.0 * positive
-            )
-        else:  # d/dz of -log_sigmoid(label * z)
-            labels = jnp.where(positive, 1.0, -1.0)
-            dz = -coef * labels * jax.nn.sigmoid(-labels * (z + bias))
-        dimg = dimg + scale * (dz @ txt_c.astype(jnp.float32))
-        dtxt_c = dtxt_c + scale * jnp.einsum("nm,nd->md", dz, img32)
-        dlog_scale = dlog_scale + jnp.sum(dz * z)  # dz/dlog_scale = exp(log_scale) * sim
-        dbias = dbias + jnp.sum(dz)
+
+        def tile_fn(r0, c0, acc):
+            dimg, dtxt_c, dlog_scale, dbias = acc
+            img_t = _rows_at(img32, r0, tile)
+            txt_t = _rows_at(txt_c, c0, tile).astype(jnp.float32)
+            z = scale * _similarity(img_t, txt_t)
+            positive = (c == me) & (r0 + index[:, None] == c0 + index[None, :])
+            if softmax:  # d/dz of 0.5 * (row LSE + column LSE - 2 * positive logit)
+                row_lse = _rows_at(lse[0], r0, tile)
+                col_lse = _rows_at(col_lse_c, c0, tile)
+                dz = (0.5 * coef) * (jnp.exp(z - row_lse[:, None])
+                                     + jnp.exp(z - col_lse[None, :]) - 2.0 * positive)
+            else:  # d/dz of -log_sigmoid(label * z)
+                labels = jnp.where(positive, 1.0, -1.0)
+                dz = -coef * labels * jax.nn.sigmoid(-labels * (z + bias))
+            dimg = _add_at(dimg, r0, scale * (dz @ txt_t))
+            dtxt_c = _add_at(dtxt_c, c0, scale * jnp.einsum("nm,nd->md", dz, img_t))
+            dlog_scale = dlog_scale + jnp.sum(dz * z)  # dz/dlog_scale = exp(log_scale) * sim
+            dbias = dbias + jnp.sum(dz)
+            return dimg, dtxt_c, dlog_scale, dbias
+
+        dimg, dtxt_c, dlog_scale, dbias = _over_tiles(
+            tile_fn, n, tile, (dimg, dtxt_c, dlog_scale, dbias))
         txt_c, col_lse_c, dtxt_c = lax.ppermute((txt_c, col_lse_c, dtxt_c), axes, perm)
         return (txt_c, col_lse_c, dtxt_c, dimg, dlog_scale, dbias), None
 
@@ -350,9 +407,11 @@ def _ring_loss(
     mesh: Mesh,
     axes: tuple[str, ...],
     world: int,
+    tile: int,
 ) -> tuple[jax.Array, Metrics]:
-    """The `ring` implementation: a forward ring and, as its VJP, a backward ring."""
-    static = {"kind": kind, "axes": axes, "world": world, "total": img.shape[0]}
+    """`ring` and `tiled_ring`: a forward ring and, as its VJP, a backward ring; each
+    n x n block is visited in `tile` x `tile` tiles (`tile == n`: the whole block)."""
+    static = {"kind": kind, "axes": axes, "world": world, "total": img.shape[0], "tile": tile}
     batch, replicated = P(axes), P()
     residual_specs = (batch, batch) if kind == "softmax" else ()
     forward = jax.shard_map(
@@ -414,6 +473,7 @@ def contrastive_loss(
     mesh: Mesh | None = None,
     batch_axes: tuple[str, ...] = ("data", "fsdp"),
     negatives_gradient: str = "global",
+    tile_size: int = 1024,
 ) -> tuple[jax.Array, Metrics]:
     """Contrastive loss over the global batch and its top-1 accuracies.
 
@@ -424,14 +484,18 @@ def contrastive_loss(
       bias: scalar logit bias, required by `kind="sigmoid"`; ignored by softmax, which a
         constant shift does not change (its gradient is then zero).
       kind: "softmax" (symmetric InfoNCE) or "sigmoid" (SigLIP).
-      impl: "gather" (n x N logits per device) or "ring" (n x n per device, any world size).
-      mesh: the device mesh; None, or batch axes of total size 1, computes on one device.
+      impl: "gather" (n x N logits per device), "ring" (n x n per device, any world size)
+        or "tiled_ring" (tile_size x tile_size per device, any world size and batch).
+      mesh: the device mesh; None, or batch axes of total size 1, computes on one device
+        (`tiled_ring` there too in tiles, a ring of one device; the others the N x N way).
       batch_axes: mesh axes the batch dimension is sharded over; other axes replicate.
       negatives_gradient: "global": the exact gradient of the global loss. "local": the
         PyTorch release's rule (features all-gathered with the remote copies detached, DDP
         averaging): the same loss value, but an embedding gets its gradient as a negative
         only from its own device's rows, 1/world of the global one. Gather only; on one
         device the two are the same.
+      tile_size: the tiles' side for `tiled_ring` (at most the local batch n, which it
+        must divide); the other implementations ignore it.
 
     Returns:
       The scalar mean loss and {"acc_i2t", "acc_t2i"}: top-1 in-batch retrieval accuracy
@@ -455,15 +519,30 @@ def contrastive_loss(
     batch_axes = tuple(batch_axes)
     log_scale = jnp.asarray(log_scale)
     world = _batch_world_size(mesh, batch_axes)
-    if world == 1:
+    if world == 1 and impl != "tiled_ring":
         return _dense_loss_and_metrics(img, txt, log_scale, bias, kind)
     if img.shape[0] % world:
         raise ValueError(
             f"global batch {img.shape[0]} is not divisible by the {world} devices of the batch "
             f"axes {batch_axes}; use a global batch that is a multiple of {world}"
         )
+    n = img.shape[0] // world
+    tile = n
+    if impl == "tiled_ring":
+        if tile_size < 1:
+            raise ValueError(f"tile_size must be a positive number of rows, got {tile_size}")
+        tile = min(tile_size, n)
+        if n % tile:
+            raise ValueError(
+                f"the local batch {n} (global {img.shape[0]} over {world} devices) is not a "
+                f"multiple of tile_size {tile_size}; use a tile_size that divides it"
+            )
+    if mesh is None:  # one device: a ring of one, so the tiles still bound the memory
+        devices = np.asarray(jax.devices()[:1]).reshape((1,) * len(batch_axes))
+        mesh = Mesh(devices, batch_axes)
     bias = jnp.asarray(bias) if kind == "sigmoid" else jnp.zeros((), jnp.float32)
     if impl == "gather":
         return _gather_loss(img, txt, log_scale, bias, kind=kind, mesh=mesh, axes=batch_axes,
                             local_gradient=negatives_gradient == "local")
-    return _ring_loss(img, txt, log_scale, bias, kind=kind, mesh=mesh, axes=batch_axes, world=world)
+    return _ring_loss(img, txt, log_scale, bias, kind=kind, mesh=mesh, axes=batch_axes,
+                      world=world, tile=tile)

@@ -13,7 +13,8 @@ every negative.
 
 Config keys (`config.loss`):
     kind        "softmax" (CLIP InfoNCE) | "sigmoid" (SigLIP)
-    impl        "gather" | "ring" (see parallel/losses.py)
+    impl        "gather" | "ring" | "tiled_ring" (see parallel/losses.py)
+    tile_size   the tiles' side for impl="tiled_ring" (divides the per-device batch)
     negatives_gradient  "global" (the exact gradient of the global loss) | "local" (the
                 release's rule: remote negatives detached; gather only)
     lam         stage 1 weight schedule over progress p = step / total_steps:
@@ -157,7 +158,7 @@ class Objective:
         return losses.contrastive_loss(
             img, txt, params["logit_scale"], params.get("logit_bias"), kind=self.cfg.kind,
             impl=self.cfg.impl, mesh=self.mesh, batch_axes=self.batch_axes,
-            negatives_gradient=self.cfg.negatives_gradient,
+            negatives_gradient=self.cfg.negatives_gradient, tile_size=self.cfg.tile_size,
         )
 
     def loss(self, params: Any, embeds: Mapping[str, jax.Array], batch: Mapping[str, Any],
