@@ -30,18 +30,12 @@ from configs import common  # noqa: E402
 from reasonclip_jax.models import flops  # noqa: E402
 from reasonclip_jax.models.clip import CLIP, get_preset, init_params  # noqa: E402
 from reasonclip_jax.parallel import losses, sharding  # noqa: E402
-from reasonclip_jax.train import optimizer, stages  # noqa: E402
-
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v4": 275e12,
-             "TPU v5 lite": 197e12, "TPU v5": 459e12}
+from reasonclip_jax.train import mfu, optimizer, stages  # noqa: E402
 
 
 def peak_flops(device: jax.Device) -> float:
-    kind = device.device_kind
-    for name, value in PEAK_BF16.items():
-        if name in kind:
-            return value
-    return float("nan")
+    """The trainer's peak dense bf16 FLOP/s for this device kind (NaN: not in the table)."""
+    return mfu.peak_flops_per_device(device.device_kind) or float("nan")
 
 
 def train_step_mfu(preset: str, batch: int, steps: int, mesh) -> dict[str, float]:

@@ -69,7 +69,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint = dict(every_steps=500, keep=3, async_save=True,
                         best_metric="", best_mode="max")
     c.max_nonfinite_streak = 5
-    c.peak_flops_per_device = 0.0  # e.g. 989e12 (H100 bf16), 459e12 (TPU v5p): enables MFU
+    # MFU against this peak FLOP/s per device; 0: looked up from the device kind (train/mfu.py),
+    # no MFU on a kind it does not know (CPU).
+    c.peak_flops_per_device = 0.0
+    # Compiled programs persist here for later runs (local disk, even when the workdir is a
+    # bucket); "" turns the cache off.
+    c.compilation_cache_dir = "~/.cache/reasonclip_jax/xla"
     c.profile = dict(start_step=-1, num_steps=3)
     c.log_record_indices = False  # per-process record indices of every step, for provenance
     return c

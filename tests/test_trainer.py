@@ -13,6 +13,7 @@ import pytest
 
 from configs import demo
 from reasonclip_jax.errors import UserError
+from reasonclip_jax.models import flops
 from reasonclip_jax.parallel import grad_accum
 from reasonclip_jax.tools import evaluate
 from reasonclip_jax.train import checkpoint, trainer
@@ -244,3 +245,41 @@ def test_user_errors(scenes, tmp_path):
         config = small_config(scenes, total_steps=2)
         config.model.overrides = {"image_size": 32, "text_layers": 1}
         trainer.train(config, str(tmp_path / "e"))
+
+
+def test_second_run_reads_its_programs_from_the_compilation_cache(scenes, tmp_path,
+                                                                 monkeypatch):
+    """`compilation_cache_dir` is filled by a first run and read by a second one, which
+    compiles nothing new; JAX's settings are restored after each run. MFU: none on this CPU
+    with peak_flops_per_device=0, the configured peak's when it is positive."""
+    monkeypatch.setattr(trainer, "_CACHE_MIN_COMPILE_TIME_S", 0.0)  # however quick
+    cache = tmp_path / "xla"
+    before = jax.config.jax_compilation_cache_dir
+    hits = []
+
+    def count_hits(event: str, **kwargs) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            hits.append(event)
+
+    config = small_config(scenes, total_steps=2, compilation_cache_dir=str(cache))
+    jax.monitoring.register_event_listener(count_hits)
+    try:
+        trainer.train(config, str(tmp_path / "first"))
+        written = set(os.listdir(cache))
+        first_hits = len(hits)
+        assert written and jax.config.jax_compilation_cache_dir == before
+        config.peak_flops_per_device = 1e12  # host-side only: the same programs
+        trainer.train(config, str(tmp_path / "second"))
+    finally:
+        jax.monitoring.unregister_event_listener(count_hits)
+    assert len(hits) > first_hits
+    assert set(os.listdir(cache)) == written
+    assert jax.config.jax_compilation_cache_dir == before
+
+    assert all("mfu" not in row for row in logged(str(tmp_path / "first")))
+    row = logged(str(tmp_path / "second"))[-1]
+    flops_per_step = config.input.batch_size * 3 * (
+        flops.image_forward_flops(trainer.model_config_of(config))
+        + 2 * flops.text_forward_flops(trainer.model_config_of(config),
+                                       config.input.context_length))  # stage 1: two captions
+    assert row["mfu"] == pytest.approx(flops_per_step / row["step_time_s"] / 1e12, rel=1e-6)

@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -31,6 +32,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 from jax.experimental import multihost_utils
+from jax.experimental.compilation_cache import compilation_cache
 from tqdm import tqdm
 
 from reasonclip_jax import evaluators
@@ -40,13 +42,18 @@ from reasonclip_jax.evaluators.encoder import Encoder
 from reasonclip_jax.models import flops
 from reasonclip_jax.models.clip import CLIP, ModelConfig, get_preset, init_params
 from reasonclip_jax.parallel import distributed, grad_accum, sharding
-from reasonclip_jax.train import checkpoint, metrics, optimizer, stages, validation
+from reasonclip_jax.train import checkpoint, metrics, mfu, optimizer, stages, validation
 
 log = logging.getLogger("reasonclip_jax.train")
 
 # optax.apply_if_finite applies an update after this many non-finite ones in a row; the
 # trainer stops the run itself (max_nonfinite_streak), so it must never do so.
 _NEVER = 2**31 - 1
+
+# The persistent compilation cache keeps programs that took at least this long to compile
+# (the steps, the towers); quicker ones cost less to recompile than to read back.
+_CACHE_MIN_COMPILE_TIME_S = 1.0
+_CACHE_MIN_ENTRY_BYTES = 0  # no size floor: the compile time decides
 
 
 class NonFiniteError(RuntimeError):
@@ -179,6 +186,34 @@ class Preemption:
         return self.requested
 
 
+@contextlib.contextmanager
+def persistent_compilation_cache(directory: str) -> Iterator[None]:
+    """Compiled programs are written to `directory` (created, `~` expanded) and read back by
+    later runs, so a restart, a resumed job or the next stage skips compiling its steps.
+    Keep it on a local disk, not on the workdir's bucket. "": JAX's settings unchanged.
+    JAX's previous settings come back on exit."""
+    if not directory:
+        yield
+        return
+    path = os.path.expanduser(directory)
+    os.makedirs(path, exist_ok=True)
+    settings = {
+        "jax_compilation_cache_dir": path,
+        "jax_persistent_cache_min_compile_time_secs": _CACHE_MIN_COMPILE_TIME_S,
+        "jax_persistent_cache_min_entry_size_bytes": _CACHE_MIN_ENTRY_BYTES,
+    }
+    before = {name: getattr(jax.config, name) for name in settings}
+    for name, value in settings.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()  # a cache opened earlier keeps its directory otherwise
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
+        compilation_cache.reset_cache()
+
+
 class ProfileWindow:
     """A JAX profiler trace of steps [start_step, start_step + num_steps), if enabled."""
 
@@ -240,6 +275,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         # ------------------------------------------------------------ setup
         distributed.initialize(auto=config.distributed)
         jax.config.update("jax_threefry_partitionable", True)
+        stack.enter_context(persistent_compilation_cache(config.compilation_cache_dir))
         os.makedirs(workdir, exist_ok=True)
         is_chief = jax.process_index() == 0
         log.info("process %d/%d, %d devices", jax.process_index(), jax.process_count(),
@@ -258,6 +294,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             devices = devices[: config.num_devices]
         mesh = sharding.make_mesh(config.mesh, devices)
         sharding.batch_size_per_shard(mesh, config.input.batch_size)
+        device_kind = mesh.devices.flat[0].device_kind
+        peak_per_device = mfu.peak_flops_per_device(device_kind, config.peak_flops_per_device)
+        if peak_per_device is None:
+            log.info("no MFU: device kind '%s' is not in train/mfu.py's table; set "
+                     "peak_flops_per_device to its peak FLOP/s", device_kind)
         total_steps = config.total_steps
 
         # ------------------------------------------------------------ model, stage, optimizer
@@ -352,7 +393,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         preemption = Preemption(manager)
         flops_per_step = config.input.batch_size * flops.train_flops_per_example(
             model_config, config.input.context_length, len(objective.text_keys))
-        peak_flops = config.peak_flops_per_device * jax.device_count()
         batch_keys = ("image", *objective.text_keys, *objective.view.label_zeros())
         history, last, stop_reason = [], {}, None
         tick, tick_step = time.perf_counter(), step
@@ -373,8 +413,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 last = dict(mean_metrics(history), step_time_s=elapsed / steps_done,
                             samples_per_s=steps_done * config.input.batch_size / elapsed,
                             skipped_records=sum_over_processes(int(local["skipped_records"])))
-                if peak_flops:
-                    last["mfu"] = flops_per_step * steps_done / elapsed / peak_flops
+                if peak_per_device:
+                    last["mfu"] = mfu.model_flops_utilization(
+                        flops_per_step, steps_done, elapsed, peak_per_device, mesh.devices.size)
                 writer.write(step, last)
                 history, tick, tick_step = [], time.perf_counter(), step
                 if last["nonfinite_streak"] >= config.max_nonfinite_streak:
