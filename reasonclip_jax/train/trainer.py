@@ -409,6 +409,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 log_record_indices(workdir, step, local["record_index"])
 
             if step % config.log_every == 0 or step == total_steps:
+                # Steps are dispatched asynchronously: wait for the last one before timing.
+                jax.block_until_ready(step_metrics)
                 elapsed, steps_done = time.perf_counter() - tick, step - tick_step
                 last = dict(mean_metrics(history), step_time_s=elapsed / steps_done,
                             samples_per_s=steps_done * config.input.batch_size / elapsed,
