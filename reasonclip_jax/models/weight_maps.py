@@ -1,6 +1,7 @@
-"""Parameter-name maps between this project's CLIP and PyTorch checkpoints.
+"""Parameter-name maps between this project's CLIP / SigLIP and PyTorch checkpoints.
 
-Two external namings: Hugging Face `CLIPModel` ("hf") and OpenAI / open_clip ("openai").
+Two external namings: Hugging Face `CLIPModel` or `SiglipModel` ("hf", by the model's
+family) and OpenAI / open_clip ("openai", CLIP only).
 Each map entry pairs one external tensor with one or more of our parameters plus the two
 per-tensor hooks that convert between them (transposes, head splits, the fused q/k/v of
 OpenAI's attention). Everything works on numpy arrays: no torch. Conversion is strict:
@@ -20,6 +21,7 @@ import jax
 import numpy as np
 
 from reasonclip_jax.errors import UserError
+from reasonclip_jax.models import siglip
 from reasonclip_jax.models.clip import ModelConfig
 
 FORMATS = ("hf", "openai")
@@ -124,10 +126,65 @@ def _conv_to_theirs(k: Any) -> Any:
     return k.transpose(3, 2, 0, 1)
 
 
+def _siglip_maps(c: ModelConfig) -> list[TensorMap]:
+    """transformers' `SiglipModel`. The pooling head's attention is torch's
+    nn.MultiheadAttention (q, k, v fused as in OpenAI's blocks); scale and bias are [1]."""
+    plain = lambda theirs, ours: TensorMap(theirs, (ours,), _same, _one(_same))
+    trans = lambda theirs, ours: TensorMap(theirs, (ours,), _t, _one(_t))
+    scalar = lambda theirs, ours: TensorMap(theirs, (ours,), lambda x: x.reshape(1),
+                                            _one(lambda x: x.reshape(())))
+    v, t, w = "vision_model", "text_model", c.vision_width
+    heads, hd = c.vision_heads, c.vision_width // c.vision_heads
+    head = [f"visual/head/attention/{n}" for n in ("query", "key", "value")]
+    maps = [
+        TensorMap(f"{v}.embeddings.patch_embedding.weight", ("visual/patch_embedding/kernel",),
+                  _conv_to_theirs, _one(_conv_to_ours)),
+        plain(f"{v}.embeddings.patch_embedding.bias", "visual/patch_embedding/bias"),
+        plain(f"{v}.embeddings.position_embedding.weight", "visual/positional_embedding"),
+        plain(f"{v}.post_layernorm.weight", "visual/ln_post/scale"),
+        plain(f"{v}.post_layernorm.bias", "visual/ln_post/bias"),
+        TensorMap(f"{v}.head.probe", ("visual/head/probe",), lambda x: x.reshape(1, 1, w),
+                  _one(lambda x: x.reshape(w))),
+        TensorMap(f"{v}.head.attention.in_proj_weight", tuple(f"{o}/kernel" for o in head),
+                  lambda *ks: _concat(tuple(k.reshape(w, w).T for k in ks)),
+                  lambda x: tuple(p.T.reshape(w, heads, hd) for p in _split3(x))),
+        TensorMap(f"{v}.head.attention.in_proj_bias", tuple(f"{o}/bias" for o in head),
+                  lambda *bs: _concat(tuple(b.reshape(w) for b in bs)),
+                  lambda x: tuple(p.reshape(heads, hd) for p in _split3(x))),
+        TensorMap(f"{v}.head.attention.out_proj.weight", ("visual/head/attention/out/kernel",),
+                  lambda k: k.reshape(w, w).T, _one(lambda x: x.T.reshape(heads, hd, w))),
+        plain(f"{v}.head.attention.out_proj.bias", "visual/head/attention/out/bias"),
+        plain(f"{v}.head.layernorm.weight", "visual/head/ln/scale"),
+        plain(f"{v}.head.layernorm.bias", "visual/head/ln/bias"),
+        trans(f"{v}.head.mlp.fc1.weight", "visual/head/mlp/c_fc/kernel"),
+        plain(f"{v}.head.mlp.fc1.bias", "visual/head/mlp/c_fc/bias"),
+        trans(f"{v}.head.mlp.fc2.weight", "visual/head/mlp/c_proj/kernel"),
+        plain(f"{v}.head.mlp.fc2.bias", "visual/head/mlp/c_proj/bias"),
+        plain(f"{t}.embeddings.token_embedding.weight", "text/token_embedding"),
+        plain(f"{t}.embeddings.position_embedding.weight", "text/positional_embedding"),
+        plain(f"{t}.final_layer_norm.weight", "text/ln_final/scale"),
+        plain(f"{t}.final_layer_norm.bias", "text/ln_final/bias"),
+        trans(f"{t}.head.weight", "text/head/kernel"),
+        plain(f"{t}.head.bias", "text/head/bias"),
+        scalar("logit_scale", "logit_scale"),
+        scalar("logit_bias", "logit_bias"),
+    ]
+    maps += _block_maps("visual/transformer/layers", f"{v}.encoder.layers", c.vision_layers,
+                        c.vision_width, c.vision_heads, "hf")
+    maps += _block_maps("text/transformer/layers", f"{t}.encoder.layers", c.text_layers,
+                        c.text_width, c.text_heads, "hf")
+    return maps
+
+
 def tensor_maps(fmt: str, c: ModelConfig) -> list[TensorMap]:
     """The full map for an architecture in one external naming."""
     if fmt not in FORMATS:
         raise UserError(f"unknown weight format '{fmt}'; choose one of {list(FORMATS)}")
+    if c.family == "siglip":
+        if fmt != "hf":
+            raise UserError(f"SigLIP weights convert with --format hf (transformers' "
+                            f"SiglipModel), not '{fmt}'")
+        return _siglip_maps(c)
     plain = lambda theirs, ours: TensorMap(theirs, (ours,), _same, _one(_same))
     trans = lambda theirs, ours: TensorMap(theirs, (ours,), _t, _one(_t))
     conv = TensorMap("", ("visual/conv1/kernel",), _conv_to_theirs, _one(_conv_to_ours))
@@ -256,7 +313,13 @@ def _need(state: Mapping[str, Any], key: str) -> tuple[int, ...]:
 def infer_config(fmt: str, state: Mapping[str, Any], hf_config: Mapping[str, Any] | None = None,
                  **overrides: Any) -> ModelConfig:
     """The architecture from tensor shapes. Head counts (not visible in shapes) come from
-    the HF config.json, else OpenAI's rule width // 64; `overrides` replace any field."""
+    the HF config.json, else OpenAI's rule width // 64; `overrides` replace any field.
+    A `SiglipModel` config.json gives the whole architecture (`siglip.config_from_hf`);
+    `to_ours` then checks every tensor against it."""
+    if fmt == "hf" and hf_config and hf_config.get("model_type") == "siglip":
+        config = siglip.config_from_hf(hf_config)
+        return dataclasses.replace(config, **{k: v for k, v in overrides.items()
+                                              if v is not None})
     if fmt == "hf":
         v, t = "vision_model", "text_model"
         vw = _need(state, f"{v}.embeddings.class_embedding")[0]
@@ -315,8 +378,41 @@ def infer_config(fmt: str, state: Mapping[str, Any], hf_config: Mapping[str, Any
     return ModelConfig(**fields)
 
 
+# Special-token ids of each SigLIP tokenizer, written into an exported text config.
+_SIGLIP_TOKEN_IDS = {"siglip": dict(pad_token_id=1, bos_token_id=None, eos_token_id=1),
+                     "gemma": dict(pad_token_id=0, bos_token_id=2, eos_token_id=1),
+                     "clip": dict(pad_token_id=0, bos_token_id=49406, eos_token_id=49407)}
+
+
+def hf_siglip_config_json(c: ModelConfig) -> dict[str, Any]:
+    """A transformers `SiglipConfig` dict for `SiglipModel.from_pretrained`."""
+    act = {v: k for k, v in siglip.HF_ACTIVATIONS.items()}[c.act]
+    common = dict(hidden_act=act, layer_norm_eps=c.layer_norm_eps, attention_dropout=0.0)
+    return {
+        "architectures": ["SiglipModel"],
+        "model_type": "siglip",
+        "initializer_factor": 1.0,
+        "text_config": dict(
+            model_type="siglip_text_model", vocab_size=c.vocab_size, hidden_size=c.text_width,
+            intermediate_size=c.text_mlp_dim, num_hidden_layers=c.text_layers,
+            num_attention_heads=c.text_heads, max_position_embeddings=c.context_length,
+            projection_size=c.embed_dim, **_SIGLIP_TOKEN_IDS[c.tokenizer], **common,
+        ),
+        "vision_config": dict(
+            model_type="siglip_vision_model", hidden_size=c.vision_width,
+            intermediate_size=c.vision_mlp_dim, num_hidden_layers=c.vision_layers,
+            num_attention_heads=c.vision_heads, image_size=c.image_size,
+            patch_size=c.patch_size, num_channels=3, vision_use_head=True, **common,
+        ),
+        "torch_dtype": "float32",
+    }
+
+
 def hf_config_json(c: ModelConfig) -> dict[str, Any]:
-    """A transformers `CLIPConfig` dict for `CLIPModel.from_pretrained`."""
+    """A transformers `CLIPConfig` dict for `CLIPModel.from_pretrained` (for a SigLIP
+    model, the `SiglipConfig` of `hf_siglip_config_json`)."""
+    if c.family == "siglip":
+        return hf_siglip_config_json(c)
     common = dict(hidden_act=c.act, layer_norm_eps=c.layer_norm_eps, projection_dim=c.embed_dim)
     return {
         "architectures": ["CLIPModel"],

@@ -1,0 +1,176 @@
+"""The layers CLIP and SigLIP towers share: pre-LayerNorm residual blocks stacked with
+`nn.scan` (one compiled block per tower), optional rematerialisation, fp32 softmax and
+LayerNorm statistics, and logical axis names on every parameter and activation
+(`reasonclip_jax.parallel.sharding` maps them to mesh axes).
+
+    python -c "from reasonclip_jax.models import layers; print(sorted(layers.REMAT_POLICIES))"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from reasonclip_jax.models.preprocessing import normalization_constants
+from reasonclip_jax.parallel.sharding import constrain
+
+Array = jax.Array
+
+
+def partitioned(init: Callable[..., Array], names: tuple[str | None, ...]) -> Callable[..., Array]:
+    """`init` with logical axis names attached to the parameter it makes."""
+    return nn.with_logical_partitioning(init, names)
+
+
+REMAT_POLICIES: dict[str, Callable[..., Any] | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def quick_gelu(x: Array) -> Array:
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "quick_gelu": quick_gelu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+}
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v projections (fp32 softmax)."""
+
+    width: int
+    heads: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None, kv: Array | None = None) -> Array:
+        """Queries from `x`, keys and values from `kv` (default `x`: self-attention)."""
+        head_dim = self.width // self.heads
+        std = self.width**-0.5
+        kv = x if kv is None else kv
+
+        def proj(name: str, inputs: Array) -> Array:
+            return nn.DenseGeneral(
+                (self.heads, head_dim), dtype=self.dtype, name=name,
+                kernel_init=partitioned(nn.initializers.normal(std), ("embed", "heads", "kv")),
+                bias_init=partitioned(nn.initializers.zeros, ("heads", "kv")),
+            )(inputs)
+
+        q, k, v = proj("query", x), proj("key", kv), proj("value", kv)
+        q = constrain(q, ("act_batch", "act_length", "act_heads", None))
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        return nn.DenseGeneral(
+            self.width, axis=(-2, -1), dtype=self.dtype, name="out",
+            kernel_init=partitioned(nn.initializers.normal(std), ("heads", "kv", "embed")),
+            bias_init=partitioned(nn.initializers.zeros, ("embed",)),
+        )(out)
+
+
+class Mlp(nn.Module):
+    width: int
+    mlp_dim: int
+    act: str
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        std = self.width**-0.5
+        x = nn.Dense(
+            self.mlp_dim, dtype=self.dtype, name="c_fc",
+            kernel_init=partitioned(nn.initializers.normal(std), ("embed", "mlp")),
+            bias_init=partitioned(nn.initializers.zeros, ("mlp",)),
+        )(x)
+        x = constrain(x, ("act_batch", "act_length", "act_mlp"))
+        x = ACTIVATIONS[self.act](x)
+        return nn.Dense(
+            self.width, dtype=self.dtype, name="c_proj",
+            kernel_init=partitioned(nn.initializers.normal(std), ("mlp", "embed")),
+            bias_init=partitioned(nn.initializers.zeros, ("embed",)),
+        )(x)
+
+
+def layer_norm(eps: float, dtype: Any, name: str) -> nn.LayerNorm:
+    """LayerNorm with statistics in fp32 (flax promotes), params named scale/bias."""
+    return nn.LayerNorm(
+        epsilon=eps, dtype=dtype, name=name,
+        scale_init=partitioned(nn.initializers.ones, ("norm",)),
+        bias_init=partitioned(nn.initializers.zeros, ("norm",)),
+    )
+
+
+class ResidualBlock(nn.Module):
+    """Pre-LN block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). Scanned over layers."""
+
+    width: int
+    heads: int
+    mlp_dim: int
+    act: str
+    eps: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None) -> tuple[Array, None]:
+        x = constrain(x, ("act_batch", "act_length", "act_embed"))
+        h = layer_norm(self.eps, self.dtype, "ln_1")(x)
+        x = x + Attention(self.width, self.heads, self.dtype, name="attn")(h, mask)
+        h = layer_norm(self.eps, self.dtype, "ln_2")(x)
+        x = x + Mlp(self.width, self.mlp_dim, self.act, self.dtype, name="mlp")(h)
+        return x, None
+
+
+class Transformer(nn.Module):
+    """`layers` residual blocks as one `nn.scan` (parameters stacked on a leading axis)."""
+
+    width: int
+    layers: int
+    heads: int
+    mlp_dim: int
+    act: str
+    eps: float
+    dtype: Any
+    remat_policy: str = "none"
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        block = ResidualBlock
+        if self.remat_policy != "none":
+            block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
+        stack = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast,),
+            length=self.layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, _ = stack(
+            self.width, self.heads, self.mlp_dim, self.act, self.eps, self.dtype, name="layers"
+        )(x, mask)
+        return x
+
+
+
+def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+def normalize_pixels(pixels: Array, family: str = "clip") -> Array:
+    """Raw integer pixels -> float32 normalised with the family's mean and std
+    (`data.transforms.normalize` on device)."""
+    scale, offset = normalization_constants(family)
+    return pixels.astype(jnp.float32) * scale - offset
