@@ -1,4 +1,7 @@
-"""The Hugging Face tokenizer and image-processor files of an exported CLIP model.
+"""The Hugging Face tokenizer and image-processor files of an exported CLIP (or SigLIP) model.
+
+A SigLIP export (`write_siglip_processor_files`) carries the model's own tokenizer files and
+a SiglipImageProcessor config; the rest of this docstring is about CLIP's.
 
 `write_processor_files(directory, config)` writes what a released transformers CLIP
 directory carries besides its weights, so `CLIPProcessor.from_pretrained(directory)` and
@@ -43,11 +46,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from typing import Any
 
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.models.clip import ModelConfig
-from reasonclip_jax.models.preprocessing import OPENAI_MEAN, OPENAI_STD
+from reasonclip_jax.models.preprocessing import OPENAI_MEAN, OPENAI_STD, SIGLIP_MEAN, SIGLIP_STD
+from reasonclip_jax.models.siglip_tokenizer import TOKENIZER_FILES
 from reasonclip_jax.models.tokenizer import OPENAI_SPECIAL_TOKENS, VOCAB_PATH, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -167,3 +172,50 @@ def write_processor_files(directory: str, config: ModelConfig,
         with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
             f.write(text + ("" if text.endswith("\n") else "\n"))
     return [name for name in PROCESSOR_FILES if name in files]
+
+
+# ------------------------------------------------------------------------- SigLIP
+
+
+def siglip_preprocessor_config(image_size: int) -> dict[str, Any]:
+    """`preprocessor_config.json` of a SiglipImageProcessor: bicubic resize to the square
+    image size (no crop; this project's eval geometry crops the centre of non-square images
+    first), pixels to [-1, 1]."""
+    return {
+        "image_processor_type": "SiglipImageProcessor",
+        "processor_class": "SiglipProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "size": {"height": image_size, "width": image_size},
+        "resample": PIL_BICUBIC,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(SIGLIP_MEAN),
+        "image_std": list(SIGLIP_STD),
+    }
+
+
+def write_siglip_processor_files(directory: str, config: ModelConfig,
+                                 tokenizer_dir: str | None) -> list[str]:
+    """A SigLIP export's tokenizer and image-processor files, so `SiglipModel` users get
+    `AutoProcessor.from_pretrained(directory)`: the model's own tokenizer files (copied from
+    `tokenizer_dir`, which import fills from the Hugging Face directory) or, for a model on
+    the vendored CLIP BPE, the CLIP tokenizer files; and a SiglipImageProcessor config."""
+    if config.tokenizer == "clip":
+        names = [n for n in write_processor_files(directory, config)
+                 if n != "preprocessor_config.json"]
+    else:
+        if not tokenizer_dir or not os.path.isdir(tokenizer_dir):
+            raise UserError(f"no tokenizer files for this {config.tokenizer} model (looked in "
+                            f"{tokenizer_dir!r}); pass --tokenizer with the directory of its "
+                            "spiece.model or tokenizer.json")
+        names = []
+        for name in TOKENIZER_FILES:
+            if os.path.isfile(os.path.join(tokenizer_dir, name)):
+                shutil.copyfile(os.path.join(tokenizer_dir, name), os.path.join(directory, name))
+                names.append(name)
+    with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
+        json.dump(siglip_preprocessor_config(config.image_size), f, indent=2)
+        f.write("\n")
+    return [*names, "preprocessor_config.json"]

@@ -59,6 +59,7 @@ HF_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_la
 # Hugging Face activation names -> ours (models/layers.py ACTIVATIONS).
 HF_ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "quick_gelu": "quick_gelu"}
 GEMMA_VOCAB_SIZE = 256000  # SigLIP 2's Gemma tokenizer; SigLIP's SentencePiece has 32,000
+CLIP_VOCAB_SIZE = 49408  # the vendored OpenAI BPE (models/tokenizer.py)
 # SigLIP's initial temperature and bias (its paper: t' = log 10, b = -10).
 LOGIT_SCALE_INIT = math.log(10.0)
 LOGIT_BIAS_INIT = -10.0
@@ -66,7 +67,8 @@ LOGIT_BIAS_INIT = -10.0
 
 def config_from_hf(hf_config: Mapping[str, Any], tokenizer: str | None = None) -> ModelConfig:
     """The architecture of a `SiglipModel` config.json (missing fields: transformers'
-    defaults). The tokenizer is Gemma's for a 256,000-token vocabulary, else SigLIP's."""
+    defaults). Unless given, the tokenizer is told by the vocabulary: 256,000 tokens are
+    Gemma's (SigLIP 2), 49,408 the CLIP BPE's (`siglip-tiny`), anything else SigLIP's."""
     text = {**HF_TEXT_DEFAULTS, **hf_config.get("text_config", {})}
     vision = {**HF_VISION_DEFAULTS, **hf_config.get("vision_config", {})}
     if not vision["vision_use_head"]:
@@ -85,7 +87,8 @@ def config_from_hf(hf_config: Mapping[str, Any], tokenizer: str | None = None) -
         raise UserError(f"text projection_size {projection} differs from the vision width "
                         f"{vision['hidden_size']}: the two embeddings cannot be compared")
     if tokenizer is None:
-        tokenizer = "gemma" if text["vocab_size"] == GEMMA_VOCAB_SIZE else "siglip"
+        tokenizer = {GEMMA_VOCAB_SIZE: "gemma", CLIP_VOCAB_SIZE: "clip"}.get(text["vocab_size"],
+                                                                            "siglip")
     return ModelConfig(
         embed_dim=projection, image_size=vision["image_size"], patch_size=vision["patch_size"],
         vision_width=vision["hidden_size"], vision_layers=vision["num_hidden_layers"],

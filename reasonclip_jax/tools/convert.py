@@ -4,9 +4,13 @@
     python -m reasonclip_jax.convert import --format openai --input ViT-B-32.pt --output CKPT_DIR
     python -m reasonclip_jax.convert export --format hf --input CKPT_DIR --output HF_DIR
     python -m reasonclip_jax.convert export --format openai --input CKPT_DIR --output w.safetensors
+    python -m reasonclip_jax.convert import --format openai --arch ViT-H-14 --input h14.bin \
+        --output CKPT_DIR
 
-`hf`: a transformers `CLIPModel` directory (config.json + model.safetensors, sharded
-safetensors with an index, or pytorch_model.bin). `openai`: OpenAI's released TorchScript
+`hf`: a transformers `CLIPModel` or `SiglipModel` directory (config.json + model.safetensors,
+sharded safetensors with an index, or pytorch_model.bin); SigLIP and the fixed-resolution
+SigLIP 2 checkpoints are `SiglipModel`s, and their tokenizer files are kept in the checkpoint
+(`CKPT_DIR/tokenizer/`) for training, evaluation and export. `openai`: OpenAI's released TorchScript
 `.pt` archives or plain state dicts in OpenAI/open_clip naming (`.pt` or `.safetensors`).
 Safetensors are read and written without torch; only `.pt`/`.bin` files need it.
 
@@ -27,6 +31,7 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,9 +42,12 @@ from reasonclip_jax import __version__
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.models import hf_processor, weight_maps
 from reasonclip_jax.models.clip import CLIP, ModelConfig, param_shapes
+from reasonclip_jax.models.siglip_tokenizer import TOKENIZER_FILES
 from reasonclip_jax.tools import cli
 from reasonclip_jax.train import checkpoint
 
+HF_MODEL_TYPES = ("clip", "siglip")  # CLIPModel, SiglipModel
+TOKENIZER_DIR = "tokenizer"  # in a SigLIP checkpoint: the HF tokenizer files it came with
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 PROVENANCE_FILE = "reasonclip_export.json"  # in an HF export; an OpenAI file: FILE.provenance.json
 TRAIN_CONFIG_FILE = "config.json"  # the trainer's config, written into its workdir
@@ -114,8 +122,12 @@ def read_hf_dir(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         raise UserError(f"{path} has no config.json; not a Hugging Face model directory")
     with open(config_path) as f:
         config = json.load(f)
-    if config.get("model_type") != "clip":
-        raise UserError(f"{config_path}: model_type is {config.get('model_type')!r}, not 'clip'")
+    if config.get("model_type") == "siglip2":
+        raise UserError(f"{config_path}: model_type 'siglip2' (NaFlex, variable resolution) "
+                        "is not supported; use a fixed-resolution SigLIP 2 (SiglipModel)")
+    if config.get("model_type") not in HF_MODEL_TYPES:
+        raise UserError(f"{config_path}: model_type is {config.get('model_type')!r}, not one "
+                        f"of {list(HF_MODEL_TYPES)}")
     for name in HF_WEIGHT_FILES:
         weights = os.path.join(path, name)
         if not os.path.isfile(weights):
@@ -155,7 +167,7 @@ def import_state_dict(fmt: str, state: Mapping[str, np.ndarray],
 def export_state_dict(fmt: str, params: Any, config: ModelConfig,
                       dtype: Any = np.float32) -> dict[str, np.ndarray]:
     """Nested params -> external state dict. Category heads (training only) are dropped."""
-    if fmt == "hf" and config.logit_bias_init is not None:
+    if fmt == "hf" and config.family == "clip" and config.logit_bias_init is not None:
         raise UserError("a model with a logit bias has no Hugging Face CLIPModel equivalent")
     flat = traverse_util.flatten_dict(params, sep="/")
     return weight_maps.to_theirs(fmt, config, flat, dtype)
@@ -169,9 +181,50 @@ def import_weights(fmt: str, path: str, output: str, **overrides: Any) -> ModelC
         state, hf_config = read_state_dict(path), None
     else:
         raise UserError(f"unknown format '{fmt}'; choose one of {list(weight_maps.FORMATS)}")
+    tokenizer_files = []
+    if fmt == "hf" and hf_config.get("model_type") == "siglip":
+        tokenizer_files = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(path, n))]
+        overrides.setdefault("tokenizer", _siglip_tokenizer_kind(path))
     params, config = import_state_dict(fmt, state, hf_config, **overrides)
     checkpoint.save_model(output, params, config)
+    if tokenizer_files:
+        os.makedirs(os.path.join(output, TOKENIZER_DIR))
+        for name in tokenizer_files:
+            shutil.copyfile(os.path.join(path, name), os.path.join(output, TOKENIZER_DIR, name))
     return config
+
+
+def _siglip_tokenizer_kind(path: str) -> str | None:
+    """"gemma" or "siglip" from the directory's tokenizer files; None: from the vocabulary."""
+    config_path = os.path.join(path, "tokenizer_config.json")
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            name = str(json.load(f).get("tokenizer_class", ""))
+        if name.startswith("Gemma"):
+            return "gemma"
+        if name.startswith("Siglip"):
+            return "siglip"
+    if os.path.isfile(os.path.join(path, "spiece.model")):
+        return "siglip"
+    return None
+
+
+def tokenizer_dir_of(step_dir: str, explicit: str | None = None) -> str | None:
+    """Where a checkpoint's SigLIP tokenizer files are: `explicit`, its own `tokenizer/`, or
+    that of the checkpoint its run started from (`init_from` of the run's config)."""
+    if explicit:
+        return explicit
+    own = os.path.join(step_dir, TOKENIZER_DIR)
+    if os.path.isdir(own):
+        return own
+    best = checkpoint.read_best_metric(step_dir) is not None
+    _, train_config = _training_config(_run_workdir(step_dir, best))
+    init_from = (train_config or {}).get("init_from")
+    if init_from:
+        candidate = os.path.join(checkpoint.resolve_step_dir(init_from), TOKENIZER_DIR)
+        if os.path.isdir(candidate):
+            return candidate
+    return None
 
 
 def _write_state(state: Mapping[str, np.ndarray], path: str) -> None:
@@ -187,7 +240,8 @@ def _write_state(state: Mapping[str, np.ndarray], path: str) -> None:
         raise UserError(f"{path}: unknown output type; use .safetensors or .pt")
 
 
-def export_weights(fmt: str, ckpt: str, output: str, dtype: str = "float32") -> dict[str, Any]:
+def export_weights(fmt: str, ckpt: str, output: str, dtype: str = "float32",
+                   tokenizer_dir: str | None = None) -> dict[str, Any]:
     """Writes a project checkpoint as an HF CLIPModel directory (weights, config, tokenizer
     and image processor) or an OpenAI-named file, with its provenance; returns that."""
     np_dtype = {"float32": np.float32, "float16": np.float16}.get(dtype)
@@ -205,8 +259,17 @@ def export_weights(fmt: str, ckpt: str, output: str, dtype: str = "float32") -> 
     state = export_state_dict(fmt, params, config, np_dtype)
     info = provenance(ckpt, step_dir, config, fmt, dtype)  # fails, if at all, before writing
     if fmt == "hf":
+        if config.family == "siglip":  # its tokenizer files must exist before writing
+            tokenizer_dir = tokenizer_dir_of(step_dir, tokenizer_dir)
+            if config.tokenizer != "clip" and not tokenizer_dir:
+                raise UserError(f"{ckpt} has no tokenizer files for its {config.tokenizer} "
+                                "tokenizer; pass --tokenizer DIR (spiece.model or "
+                                "tokenizer.json)")
         os.makedirs(output, exist_ok=True)
-        hf_processor.write_processor_files(output, config)
+        if config.family == "siglip":
+            hf_processor.write_siglip_processor_files(output, config, tokenizer_dir)
+        else:
+            hf_processor.write_processor_files(output, config)
         hf_config = weight_maps.hf_config_json(config)
         hf_config["torch_dtype"] = dtype
         with open(os.path.join(output, "config.json"), "w") as f:
@@ -304,6 +367,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     imp.add_argument("--text-heads", type=int, help="default: HF config, else width // 64")
     imp.add_argument("--act", help="quick_gelu (OpenAI), gelu (most open_clip models)")
     exp.add_argument("--dtype", default="float32", help="float32 or float16")
+    exp.add_argument("--tokenizer", help="SigLIP: the directory of its tokenizer files "
+                     "(default: the checkpoint's, or its run's init_from's, tokenizer/)")
     return parser.parse_args(argv)
 
 
@@ -316,7 +381,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 act=args.act)
         print(f"wrote {args.output}: {config}")
     else:
-        info = export_weights(args.format, args.input, args.output, args.dtype)
+        info = export_weights(args.format, args.input, args.output, args.dtype,
+                              args.tokenizer)
         step = info["source"]["step"]
         print(f"exported step {step if step is not None else '(unknown)'}: "
               f"{info['source']['description']}")
