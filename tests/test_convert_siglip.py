@@ -120,3 +120,38 @@ def test_unsupported_checkpoints_are_one_clear_error(tmp_path, hf_dir):
     convert.import_weights("hf", str(src), str(tmp_path / "ckpt"))
     with pytest.raises(UserError, match="SigLIP weights convert with --format hf"):
         convert.export_weights("openai", str(tmp_path / "ckpt"), str(tmp_path / "w.pt"))
+
+
+def test_encoder_matches_transformers_with_the_checkpoint_tokenizer(tmp_path, hf_dir, rng):
+    from hf_reference import hf_siglip_outputs
+
+    from reasonclip_jax.data import transforms
+    from reasonclip_jax.evaluators.encoder import Encoder
+
+    hf, src = hf_dir
+    write_spiece(str(src))
+    convert.import_weights("hf", str(src), str(tmp_path / "ckpt"))
+    params, config = checkpoint.load_model(str(tmp_path / "ckpt"))
+    tok_dir = convert.tokenizer_dir_of(str(tmp_path / "ckpt"))
+    theirs = transformers.SiglipTokenizer.from_pretrained(tok_dir)
+    texts = ["A photo of a CAT!", "the glass will spill because it is tilted", "dogs"]
+    # Images as the evaluators hand them (CLIP-normalised floats) against transformers fed
+    # the same pixels normalised to [-1, 1].
+    pixels = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    clip_normalised = transforms.normalize(pixels)
+    siglip_normalised = ((pixels / 255.0 - 0.5) / 0.5).astype(np.float32)
+    for longest in (False, True):
+        encoder = Encoder(params, config, batch_size=2, tokenizer_dir=tok_dir,
+                          pad_texts_to_longest=longest)
+        for start in (0, 2):  # the release pads each batch of texts to its longest
+            chunk = texts[start : start + 2]
+            ids = theirs(chunk, padding=True if longest else "max_length", truncation=True,
+                         max_length=64)["input_ids"]
+            ref = hf_siglip_outputs(hf, siglip_normalised, np.array(ids))
+            np.testing.assert_allclose(encoder.texts(texts)[start : start + 2],
+                                       ref["text_embeds"], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(encoder.images(clip_normalised), ref["image_embeds"],
+                                   atol=1e-4, rtol=0)
+    by_length = [Encoder(params, config, 2, tokenizer_dir=tok_dir, pad_texts_to_longest=p)
+                 .texts(texts) for p in (False, True)]
+    assert np.abs(by_length[0] - by_length[1]).max() > 1e-3  # the padding matters to SigLIP

@@ -117,6 +117,31 @@ def _clip_tokenize(texts: Sequence[str], context_length: int) -> np.ndarray:
     return tokenize(list(texts), context_length)
 
 
+@functools.cache
+def _loaded_tokenizer(kind: str, directory: str) -> Any:
+    from reasonclip_jax.models.siglip_tokenizer import load_tokenizer
+
+    return load_tokenizer(kind, directory)
+
+
+def _model_tokenize(kind: str, directory: str, texts: Sequence[str],
+                    context_length: int) -> np.ndarray:
+    """A SigLIP tokenizer's rows; loaded once per process (picklable as a partial)."""
+    return _loaded_tokenizer(kind, directory)(list(texts), context_length)
+
+
+def tokenize_fn_of(cfg: ml_collections.ConfigDict) -> TokenizeFn:
+    """`input.tokenizer`'s tokenize function; a SigLIP tokenizer's files are checked now."""
+    kind, directory = cfg.get("tokenizer", "clip"), cfg.get("tokenizer_dir", "")
+    if kind == "clip":
+        return _clip_tokenize
+    if not directory:
+        raise UserError(f"input.tokenizer '{kind}' needs input.tokenizer_dir: the imported "
+                        "checkpoint's tokenizer/ directory")
+    _loaded_tokenizer(kind, directory)  # fails here, not in a worker
+    return functools.partial(_model_tokenize, kind, directory)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExampleReader:
     """Reads item (source, epoch, index in the view's space) -> example dict or `Skipped`.
@@ -203,5 +228,5 @@ def make_reader(cfg: ml_collections.ConfigDict, view: views.View, sources: Seque
         sources=tuple(sources), view=view, image_size=cfg.image_size,
         context_length=cfg.context_length, augment=augment,
         rrc_scale=tuple(cfg.rrc_scale), rrc_ratio=tuple(cfg.rrc_ratio), hflip=cfg.hflip,
-        seed=cfg.shuffle_seed, tokenize_fn=tokenize_fn or _clip_tokenize,
+        seed=cfg.shuffle_seed, tokenize_fn=tokenize_fn or tokenize_fn_of(cfg),
     )

@@ -67,6 +67,9 @@ Config keys (`get_config()`; a training config sets them under `config.input`):
     image_dtype         "uint8" (raw pixels, normalised by the model on device) | "float32"
                         (CLIP-normalised on the host)
     context_length      text tokens per caption (77 CLIP, 64 SigLIP)
+    tokenizer           the model's: "clip" (the vendored OpenAI BPE) | "siglip" | "gemma"
+    tokenizer_dir       siglip / gemma: the directory of the tokenizer files (an imported
+                        checkpoint's `tokenizer/`, `models/siglip_tokenizer.py`)
     augment             "random_resized_crop" | "center_crop" (training only)
     rrc_scale           random resized crop area fraction range
     rrc_ratio           random resized crop aspect-ratio range
@@ -133,6 +136,8 @@ def get_config() -> ml_collections.ConfigDict:
             image_size=224,
             image_dtype="uint8",
             context_length=77,
+            tokenizer="clip",
+            tokenizer_dir="",
             augment="random_resized_crop",
             rrc_scale=transforms.DEFAULT_RRC_SCALE,
             rrc_ratio=transforms.DEFAULT_RRC_RATIO,

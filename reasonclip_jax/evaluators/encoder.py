@@ -1,4 +1,4 @@
-"""The Encoder: batched, jitted image and text embeddings of a CLIP's parameters.
+"""The Encoder: batched, jitted image and text embeddings of a CLIP's (or SigLIP's) parameters.
 
 The trainer builds one for its evaluations (params change, the compiled towers stay), and
 `evaluate` / `encode` build one from a checkpoint. Evaluators see it as an `Embedder`.
@@ -17,8 +17,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from reasonclip_jax.errors import UserError
-from reasonclip_jax.models import tokenizer
 from reasonclip_jax.models.clip import CLIP, ModelConfig
+from reasonclip_jax.models.preprocessing import MEAN_STD
+from reasonclip_jax.models.siglip_tokenizer import load_tokenizer
 from reasonclip_jax.parallel import sharding
 
 
@@ -32,8 +33,18 @@ class Encoder:
     """
 
     def __init__(self, params: Any, config: ModelConfig, batch_size: int = 64,
-                 mesh: jax.sharding.Mesh | None = None, dtype: Any = jnp.float32):
+                 mesh: jax.sharding.Mesh | None = None, dtype: Any = jnp.float32,
+                 tokenizer_dir: str | None = None, pad_texts_to_longest: bool = False):
+        """`tokenizer_dir`: a SigLIP model's tokenizer files (`config.tokenizer` picks the
+        kind). `pad_texts_to_longest`: pad each batch of texts to its longest, as the
+        release's evaluation does, instead of to the context length the model was trained
+        with; SigLIP pools the last position, so scores then depend on the batching."""
         self.params, self.config, self.batch_size = params, config, batch_size
+        self.tokenizer = load_tokenizer(config.tokenizer, tokenizer_dir)
+        if pad_texts_to_longest and config.tokenizer == "clip":
+            raise UserError("padding texts to the longest is for SigLIP tokenizers; CLIP pools "
+                            "its end token, so padding changes nothing")
+        self.pad_texts_to_longest = pad_texts_to_longest
         model = CLIP(config, dtype=dtype)
         self._batch_sharding = None
         out = {}
@@ -80,6 +91,7 @@ class Encoder:
         Global batch b is made of rows [b * k, (b + 1) * k) of each process (k = batch / P),
         so each process feeds only the images it decoded.
         """
+        pixels = self.model_pixels(pixels)
         count = jax.process_count()
         if self.batch_size % count:
             raise UserError(f"eval batch {self.batch_size} is not divisible by the {count} "
@@ -97,8 +109,24 @@ class Encoder:
         all_kept = np.asarray(multihost_utils.process_allgather(kept)).reshape(-1)
         return embeds, all_kept
 
+    def model_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Float pixels come CLIP-normalised (`transforms.eval_transform`, the `Embedder`
+        contract); a SigLIP model gets the same pixels normalised with its own mean and std.
+        uint8 pixels go as they are: the model normalises them on the device."""
+        if self.config.family == "clip" or not np.issubdtype(pixels.dtype, np.floating):
+            return pixels
+        (clip_mean, clip_std), (mean, std) = MEAN_STD["clip"], MEAN_STD[self.config.family]
+        raw = pixels.astype(np.float64) * np.asarray(clip_std) + np.asarray(clip_mean)
+        return ((raw - np.asarray(mean)) / np.asarray(std)).astype(np.float32)
+
     def images(self, pixels: np.ndarray) -> np.ndarray:
-        return self._batched(self._image, pixels)
+        return self._batched(self._image, self.model_pixels(pixels))
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self._batched(self._text, tokenizer.tokenize(texts, self.config.context_length))
+        length = self.config.context_length
+        if not self.pad_texts_to_longest:
+            return self._batched(self._text, self.tokenizer(texts, length))
+        chunks = [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+        outs = [self._batched(self._text, self.tokenizer(chunk, length, pad_to_longest=True))
+                for chunk in chunks]
+        return np.concatenate(outs) if outs else np.zeros((0, self.config.embed_dim), np.float32)

@@ -5,8 +5,9 @@
 
 Writes L2-normalised `image_embeds` [num_images, D] and `text_embeds` [num_texts, D]
 (one text per line of the file) and `logit_scale` (the exponentiated scale). Images are
-preprocessed as OpenAI CLIP does: bicubic resize of the short side, centre crop, CLIP
-mean/std.
+preprocessed as OpenAI CLIP does: bicubic resize of the short side, centre crop, then the
+model family's mean/std. Texts go through the model's tokenizer (a SigLIP checkpoint's
+files: `--tokenizer`, by default its own `tokenizer/`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from reasonclip_jax.data import transforms
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.evaluators.encoder import Encoder
-from reasonclip_jax.tools import cli
+from reasonclip_jax.tools import cli, convert
 from reasonclip_jax.train import checkpoint
 
 
@@ -55,6 +56,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--texts-file")
     parser.add_argument("--output", required=True)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--tokenizer", help="SigLIP: its tokenizer files' directory (default: "
+                        "the checkpoint's, or its run's init_from's, tokenizer/)")
     return parser.parse_args(argv)
 
 
@@ -66,7 +69,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     texts = read_texts(args.texts_file) if args.texts_file else []
     params, config = checkpoint.load_model(args.checkpoint)
     pixels = load_images(args.images, config.image_size)
-    encoder = Encoder(jax.device_put(params), config, args.batch_size)
+    tokenizer_dir = convert.tokenizer_dir_of(checkpoint.resolve_step_dir(args.checkpoint),
+                                             args.tokenizer)
+    encoder = Encoder(jax.device_put(params), config, args.batch_size,
+                      tokenizer_dir=tokenizer_dir)
     np.savez(
         args.output,
         image_embeds=encoder.images(pixels),

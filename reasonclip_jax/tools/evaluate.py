@@ -38,7 +38,7 @@ import numpy as np
 from reasonclip_jax import evaluators
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.evaluators.encoder import Encoder
-from reasonclip_jax.tools import cli
+from reasonclip_jax.tools import cli, convert
 from reasonclip_jax.train import checkpoint
 
 
@@ -51,6 +51,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--output", help="write the metrics here as JSON")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--tokenizer", help="SigLIP: its tokenizer files' directory (default: "
+                        "the checkpoint's, or its run's init_from's, tokenizer/)")
+    parser.add_argument("--pad-texts-to-longest", action="store_true",
+                        help="SigLIP: pad each batch of texts to its longest, as the release's "
+                        "evaluation (scores then depend on the batching); default: to 64")
     return parser.parse_args(argv)
 
 
@@ -101,8 +106,8 @@ class ScaledEncoder(Encoder):
     """The Encoder plus the model's exp(logit_scale): RCLIP-Bench then also writes its scores
     in the release's units (logit_scale x cosine)."""
 
-    def __init__(self, params: Any, model_config: Any, batch_size: int):
-        super().__init__(params, model_config, batch_size)
+    def __init__(self, params: Any, model_config: Any, batch_size: int, **kwargs: Any):
+        super().__init__(params, model_config, batch_size, **kwargs)
         self.logit_scale = float(np.exp(np.asarray(params["logit_scale"], np.float64)))
 
 
@@ -116,7 +121,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         configs = with_results_prefixes(configs, args.output)
     evaluators.check_configs(configs)  # before the model loads: a typo fails at once
     params, model_config = checkpoint.load_model(args.checkpoint)
-    embedder = ScaledEncoder(jax.device_put(params), model_config, args.batch_size)
+    tokenizer_dir = convert.tokenizer_dir_of(checkpoint.resolve_step_dir(args.checkpoint),
+                                             args.tokenizer)
+    embedder = ScaledEncoder(jax.device_put(params), model_config, args.batch_size,
+                             tokenizer_dir=tokenizer_dir,
+                             pad_texts_to_longest=args.pad_texts_to_longest)
     metrics = evaluators.run_evaluators(configs, embedder)
     for key, value in metrics.items():
         print(f"{key}: {value:.4f}")

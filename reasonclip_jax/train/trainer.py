@@ -135,6 +135,9 @@ def check_input_fits_model(input_cfg: ml_collections.ConfigDict, model: ModelCon
     if input_cfg.context_length > model.context_length:
         raise UserError(f"input.context_length {input_cfg.context_length} exceeds the model's "
                         f"context_length {model.context_length}")
+    if input_cfg.get("tokenizer", "clip") != model.tokenizer:
+        raise UserError(f"input.tokenizer '{input_cfg.get('tokenizer', 'clip')}' is not the "
+                        f"model's ('{model.tokenizer}'); set input.tokenizer to match")
 
 
 def load_init_params(path: str, abstract: Any, shardings: Any, fresh: Any, new_regex: str
@@ -373,7 +376,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
         # ------------------------------------------------------------ evaluators
         # One encoder for the whole run: its towers compile once, params change per eval.
-        encoder = Encoder(params, model_config, config.eval_batch_size, mesh=mesh)
+        encoder = Encoder(params, model_config, config.eval_batch_size, mesh=mesh,
+                          tokenizer_dir=config.input.get("tokenizer_dir") or None)
         held_out = (validation.ValidationLoss(config, objective, opt, mesh, params_sharding,
                                               state_sharding)
                     if config.validation.batch_size else None)
