@@ -5,7 +5,9 @@ or on reasoning captions ("Reasoning CP": captions=reason), from OpenAI CLIP wei
         --config configs/stage0.py:backbone=B-32,data=/data/cc12m_refined,captions=desc \
         --config.init_from=/ckpt/clip-vit-b32
 
-Arguments: backbone (B-32 | L-14 | L-14-336), data, captions (desc | reason).
+Arguments: backbone (B-32 | L-14 | L-14-336 | siglip-so400m-384 | siglip2-so400m-384 |
+siglip2-gopt-384), data, tokenizer (SigLIP: the imported tokenizer/ directory),
+captions (desc | reason).
 """
 
 from configs import common, recipe
@@ -14,7 +16,7 @@ from reasonclip_jax.errors import UserError
 
 def get_config(arg: str | None = None):
     args = recipe.parse_args(arg, dict(backbone="B-32", data="/data/cc12m_refined",
-                                       captions="desc"))
+                                       captions="desc", tokenizer=""))
     c = recipe.base("stage0", args)
     pools = {"desc": ("desc",), "reason": ("reason", "cat_caption")}
     if args["captions"] not in pools:

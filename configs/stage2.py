@@ -4,7 +4,9 @@
         --config configs/stage2.py:backbone=L-14-336,data=/data/reasonpro \
         --config.init_from=/runs/s1/best --config.total_steps=505
 
-Arguments: backbone (B-32 | L-14 | L-14-336), data, heads (true | false: "Stage 2 w/o cls",
+Arguments: backbone (B-32 | L-14 | L-14-336 | siglip-so400m-384 | siglip2-so400m-384 |
+siglip2-gopt-384), data, tokenizer (SigLIP: the imported tokenizer/ directory),
+heads (true | false: "Stage 2 w/o cls",
 gamma = 0; `configs/stage2_wo_cls.py` is the same with heads=false).
 The two category heads are new (init_new_params) and dropped at export.
 """
@@ -15,7 +17,7 @@ from reasonclip_jax.errors import UserError
 
 def get_config(arg: str | None = None):
     args = recipe.parse_args(arg, dict(backbone="L-14-336", data="/data/reasonpro",
-                                       heads="true"))
+                                       heads="true", tokenizer=""))
     if args["heads"] not in ("true", "false"):
         raise UserError(f"heads={args['heads']}: use true or false")
     c = recipe.base("stage2", args)

@@ -20,14 +20,38 @@ STAGE_FILES = {"stage0": stage0, "stage1": stage1, "stage2": stage2,
                "stage2_wo_cls": stage2_wo_cls}
 
 
+def _siglip_params_millions(preset: str) -> float:
+    """transformers' SiglipModel built (without memory) from the published config."""
+    import torch
+    import transformers
+
+    from reasonclip_jax.models import siglip
+
+    fields = {k: v for k, v in siglip.published_configs()[preset]["config"].items()
+              if k not in ("architectures", "model_type")}
+    with torch.device("meta"):
+        model = transformers.SiglipModel(transformers.SiglipConfig(**fields))
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
 @pytest.mark.parametrize("backbone", sorted(recipe.BACKBONES))
 @pytest.mark.parametrize("name", sorted(STAGE_FILES))
 def test_each_backbone_and_stage_builds_and_fits(backbone, name):
-    c = STAGE_FILES[name].get_config(f"backbone={backbone},data=/data/x")
+    siglip = backbone.startswith("siglip")
+    tokenizer = ",tokenizer=/ckpt/tok" if siglip else ""
+    c = STAGE_FILES[name].get_config(f"backbone={backbone},data=/data/x{tokenizer}")
     stage = stages.get_stage(c.stage)
     model_config = get_preset(c.model.preset, **dict(c.model.overrides))
     trainer.check_input_fits_model(c.input, model_config)
-    assert c.input.data_dirs == ["/data/x"] and c.input.batch_size == 32768
+    assert c.input.data_dirs == ["/data/x"]
+    if siglip:  # the release's SigLIP runs: sigmoid loss, 384 x 32 x 2, lambda 0.6/0.3/0.5
+        assert c.input.batch_size == 24576 and c.loss.kind == "sigmoid"
+        assert c.input.context_length == 64 and c.input.tokenizer_dir == "/ckpt/tok"
+        assert c.input.tokenizer == ("gemma" if "siglip2" in backbone else "siglip")
+        if name == "stage1":
+            assert (c.loss.lam.start, c.loss.lam.end, c.loss.lam.final) == (0.6, 0.3, 0.5)
+    else:
+        assert c.input.batch_size == 32768 and c.loss.kind == "softmax"
     assert c.grad_accum.mode == "plain" and c.loss.negatives_gradient == "local"
     assert c.checkpoint.best_metric == "validation/loss" and c.checkpoint.best_mode == "min"
     assert c.loss.gamma == (0.0 if name == "stage2_wo_cls" else 0.05)
@@ -36,7 +60,9 @@ def test_each_backbone_and_stage_builds_and_fits(backbone, name):
         jax.random.key(0))
     count = sum(x.size for x in jax.tree.leaves(shapes)) - stage.category_heads * (
         2 * (model_config.embed_dim + 1))
-    assert count / 1e6 == pytest.approx(PARAMS_MILLIONS[backbone], abs=0.1)
+    expected = (_siglip_params_millions(c.model.preset) if siglip
+                else PARAMS_MILLIONS[backbone])
+    assert count / 1e6 == pytest.approx(expected, abs=0.1)
 
 
 def test_named_arguments_and_their_errors():
@@ -50,6 +76,8 @@ def test_named_arguments_and_their_errors():
         stage1.get_config("/data/reasonlite")
     with pytest.raises(UserError, match="captions=both"):
         stage0.get_config("captions=both")
+    with pytest.raises(UserError, match="needs tokenizer=DIR"):
+        stage1.get_config("backbone=siglip2-so400m-384")
 
 
 def test_demo_configs_fit_their_model():
