@@ -81,7 +81,8 @@ def test_openai_round_trip_is_bit_exact(tmp_path, suffix):
         torch.save(ref.state_dict(), src)
     else:
         save_file(state, src)
-    convert.import_weights("openai", src, str(tmp_path / "ckpt"), vision_heads=2, text_heads=2)
+    convert.import_weights("openai", src, str(tmp_path / "ckpt"), vision_heads=2, text_heads=2,
+                           act="quick_gelu")
     out = str(tmp_path / f"out{suffix}")
     convert.export_weights("openai", str(tmp_path / "ckpt"), out)
     back = load_file(out) if suffix == ".safetensors" else {
@@ -97,7 +98,7 @@ def test_openai_torchscript_archive_matches_reference_forward(tmp_path, rng):
     traced = torch.jit.trace(ref, (pixels, torch.tensor(tokens, dtype=torch.long)))
     traced.save(str(tmp_path / "ViT-tiny.pt"))
     convert.import_weights("openai", str(tmp_path / "ViT-tiny.pt"), str(tmp_path / "ckpt"),
-                           vision_heads=2, text_heads=2)
+                           vision_heads=2, text_heads=2, act="quick_gelu")
     params, config = checkpoint.load_model(str(tmp_path / "ckpt"))
     out = CLIP(config).apply({"params": params}, images, tokens)
     with torch.no_grad():
@@ -111,7 +112,7 @@ def test_openai_naming_and_hf_naming_give_the_same_model(tmp_path):
     ref = openai_reference()
     save_file(_numpy_state(ref), str(tmp_path / "w.safetensors"))
     convert.import_weights("openai", str(tmp_path / "w.safetensors"), str(tmp_path / "a"),
-                           vision_heads=2, text_heads=2)
+                           vision_heads=2, text_heads=2, act="quick_gelu")
     convert.export_weights("hf", str(tmp_path / "a"), str(tmp_path / "hf"))
     convert.import_weights("hf", str(tmp_path / "hf"), str(tmp_path / "b"))
     pa, ca = checkpoint.load_model(str(tmp_path / "a"))
@@ -135,7 +136,7 @@ def openai_state():
 def _import_state(tmp_path, state):
     save_file(state, str(tmp_path / "bad.safetensors"))
     convert.import_weights("openai", str(tmp_path / "bad.safetensors"), str(tmp_path / "c"),
-                           vision_heads=2, text_heads=2)
+                           vision_heads=2, text_heads=2, act="quick_gelu")
 
 
 def test_missing_tensor_is_named(tmp_path, openai_state):

@@ -11,7 +11,9 @@
 sharded safetensors with an index, or pytorch_model.bin); SigLIP and the fixed-resolution
 SigLIP 2 checkpoints are `SiglipModel`s, and their tokenizer files are kept in the checkpoint
 (`CKPT_DIR/tokenizer/`) for training, evaluation and export. `openai`: OpenAI's released TorchScript
-`.pt` archives or plain state dicts in OpenAI/open_clip naming (`.pt` or `.safetensors`).
+`.pt` archives or plain state dicts in OpenAI/open_clip naming (`.pt` or `.safetensors`); a
+plain state dict does not show its attention heads or activation, so it needs `--arch`
+(open_clip's name, `models/open_clip_archs.py`) or `--vision-heads/--text-heads/--act`.
 Safetensors are read and written without torch; only `.pt`/`.bin` files need it.
 
 Export takes a model checkpoint, a run's `best/` or a trainer workdir (its latest step) and
@@ -40,7 +42,7 @@ from flax import traverse_util
 
 from reasonclip_jax import __version__
 from reasonclip_jax.errors import UserError
-from reasonclip_jax.models import hf_processor, weight_maps
+from reasonclip_jax.models import hf_processor, open_clip_archs, weight_maps
 from reasonclip_jax.models.clip import CLIP, ModelConfig, param_shapes
 from reasonclip_jax.models.siglip_tokenizer import TOKENIZER_FILES
 from reasonclip_jax.tools import cli
@@ -69,12 +71,17 @@ def _torch_to_numpy(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 def read_torch_file(path: str) -> dict[str, np.ndarray]:
     """A `.pt`/`.bin` file: a TorchScript archive (OpenAI's release) or a pickled state dict."""
+    return _read_torch_file(path)[0]
+
+
+def _read_torch_file(path: str) -> tuple[dict[str, np.ndarray], bool]:
+    """(state dict, whether the file is a TorchScript archive)."""
     try:
         import torch
     except ImportError as e:
         raise UserError(f"reading {path} needs torch: pip install torch") from e
     try:  # OpenAI's own loader tries TorchScript first too.
-        return _torch_to_numpy(torch.jit.load(path, map_location="cpu").state_dict())
+        return _torch_to_numpy(torch.jit.load(path, map_location="cpu").state_dict()), True
     except Exception:
         pass
     try:
@@ -88,7 +95,7 @@ def read_torch_file(path: str) -> dict[str, np.ndarray]:
     state = _torch_to_numpy(obj)
     if state and all(k.startswith("module.") for k in state):  # saved from DDP
         state = {k[len("module."):]: v for k, v in state.items()}
-    return state
+    return state, False
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -173,12 +180,46 @@ def export_state_dict(fmt: str, params: Any, config: ModelConfig,
     return weight_maps.to_theirs(fmt, config, flat, dtype)
 
 
-def import_weights(fmt: str, path: str, output: str, **overrides: Any) -> ModelConfig:
-    """Reads external weights at `path`, writes a project checkpoint to `output`."""
+def _openai_architecture(path: str, state: Mapping[str, np.ndarray], torchscript: bool,
+                         arch: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides that fix what OpenAI/open_clip weights do not show (heads, activation):
+    open_clip's table for `arch`; OpenAI's conventions for its TorchScript archives; else
+    all three must be given."""
+    inferred = weight_maps.infer_config("openai", state, None)  # "not a CLIP checkpoint"?
+    hidden = ("vision_heads", "text_heads", "act")
+    given = [k for k in hidden if overrides.get(k) is not None]
+    if arch:
+        if given:
+            raise UserError(f"--arch {arch} fixes {', '.join(hidden)}; do not also give "
+                            f"{', '.join(given)}")
+        config = open_clip_archs.config_for(arch, inferred)
+        return {**overrides, **{k: getattr(config, k) for k in hidden}}
+    if torchscript:  # OpenAI's release: QuickGELU, width // 64 heads
+        return overrides
+    if len(given) < len(hidden):
+        raise UserError(f"{path}: its weights do not show the attention heads or the "
+                        f"activation; pass --arch, one of {sorted(open_clip_archs.ARCHITECTURES)}"
+                        ", or all of --vision-heads, --text-heads and --act")
+    return overrides
+
+
+def import_weights(fmt: str, path: str, output: str, arch: str | None = None,
+                   **overrides: Any) -> ModelConfig:
+    """Reads external weights at `path`, writes a project checkpoint to `output`. `arch`
+    (format openai): the open_clip architecture name (`models/open_clip_archs.py`)."""
+    if arch and fmt != "openai":
+        raise UserError(f"--arch names an open_clip architecture: use it with --format openai "
+                        f"(format {fmt} reads the architecture from its config)")
     if fmt == "hf":
         state, hf_config = read_hf_dir(path)
     elif fmt == "openai":
-        state, hf_config = read_state_dict(path), None
+        if path.endswith((".pt", ".pth", ".bin")) and os.path.isfile(path) and os.path.getsize(
+                path):
+            state, torchscript = _read_torch_file(path)
+        else:
+            state, torchscript = read_state_dict(path), False
+        hf_config = None
+        overrides = _openai_architecture(path, state, torchscript, arch, overrides)
     else:
         raise UserError(f"unknown format '{fmt}'; choose one of {list(weight_maps.FORMATS)}")
     tokenizer_files = []
@@ -363,9 +404,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.add_argument("--format", required=True, help="hf or openai")
         p.add_argument("--input", required=True)
         p.add_argument("--output", required=True)
-    imp.add_argument("--vision-heads", type=int, help="default: HF config, else width // 64")
-    imp.add_argument("--text-heads", type=int, help="default: HF config, else width // 64")
-    imp.add_argument("--act", help="quick_gelu (OpenAI), gelu (most open_clip models)")
+    imp.add_argument("--arch", help="openai format: the open_clip architecture (ViT-B-32, "
+                     "ViT-B-32-quickgelu, ViT-H-14, ViT-g-14, ViT-bigG-14, ...)")
+    imp.add_argument("--vision-heads", type=int, help="openai format without --arch")
+    imp.add_argument("--text-heads", type=int, help="openai format without --arch")
+    imp.add_argument("--act", help="openai format without --arch: quick_gelu (OpenAI), gelu")
     exp.add_argument("--dtype", default="float32", help="float32 or float16")
     exp.add_argument("--tokenizer", help="SigLIP: the directory of its tokenizer files "
                      "(default: the checkpoint's, or its run's init_from's, tokenizer/)")
@@ -376,7 +419,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.command == "import":
-        config = import_weights(args.format, args.input, args.output,
+        config = import_weights(args.format, args.input, args.output, arch=args.arch,
                                 vision_heads=args.vision_heads, text_heads=args.text_heads,
                                 act=args.act)
         print(f"wrote {args.output}: {config}")
