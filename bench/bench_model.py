@@ -1,12 +1,15 @@
-"""Flax CLIP forward and train step against transformers' PyTorch CLIPModel, on this CPU.
+"""Flax CLIP (or SigLIP) forward and train step against transformers' PyTorch CLIPModel (or
+SiglipModel), on this CPU.
 
     python bench/bench_model.py [--preset ViT-B-32] [--batch 32] [--repeats 5] [--train]
+    python bench/bench_model.py --preset ViT-B-16-SigLIP --batch 8 --train
 
 Both sides get the same random weights (converted), the same inputs, fp32, and the same
 thread count; each is warmed up (JIT compile / first call), then timed over `--repeats`
 calls, interleaved, so machine noise hits both alike. Prints medians and the ratio
 PyTorch / JAX (above 1: JAX is faster). `--train` also times one optimisation step
-(forward, contrastive loss, backward, AdamW) on each side.
+(forward, contrastive loss, backward, AdamW) on each side: softmax InfoNCE for CLIP, the
+sigmoid loss with the logit bias for SigLIP (transformers' `return_loss=True` of each).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import torch  # noqa: E402
-from hf_reference import hf_clip  # noqa: E402
+from hf_reference import hf_clip, hf_siglip  # noqa: E402
 
 from reasonclip_jax.models.clip import CLIP, get_preset  # noqa: E402
 from reasonclip_jax.parallel import losses  # noqa: E402
@@ -51,15 +54,18 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count())
 
     config = get_preset(args.preset)
-    hf = hf_clip(config)
+    siglip = config.family == "siglip"
+    hf = hf_siglip(config) if siglip else hf_clip(config)
     state = {k: v.numpy() for k, v in hf.state_dict().items()}
     params, _ = convert.import_state_dict("hf", state, hf.config.to_dict())
     params = jax.device_put(params)
     rng = np.random.default_rng(0)
     images = rng.standard_normal((args.batch, config.image_size, config.image_size, 3),
                                  dtype=np.float32)
-    tokens = rng.integers(1, 49406, (args.batch, config.context_length)).astype(np.int32)
-    tokens[:, -1] = 49407
+    tokens = rng.integers(1, min(config.vocab_size, 49406),
+                          (args.batch, config.context_length)).astype(np.int32)
+    if not siglip:  # CLIP pools its end token; SigLIP the last position
+        tokens[:, -1] = config.eot_token_id
     model = CLIP(config)
 
     forward = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t))
@@ -82,6 +88,10 @@ def main() -> None:
 
         def loss_fn(p):
             out = model.apply({"params": p}, images_j, tokens_j)
+            if siglip:
+                return losses.sigmoid_contrastive_loss_dense(
+                    out["image_embeds"], out["text_embeds"], out["logit_scale"],
+                    out["logit_bias"])
             return losses.softmax_contrastive_loss_dense(
                 out["image_embeds"], out["text_embeds"], out["logit_scale"])
 
