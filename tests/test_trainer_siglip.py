@@ -75,3 +75,15 @@ def test_other_stages_run_on_siglip(scenes, stage1_run, stage, tmp_path):  # noq
         assert {"loss_text_category", "loss_image_category"} <= set(rows[0])
         assert final_params(workdir)["image_category_head"]["kernel"].shape == (64, 5)
         assert checkpoint.load_model_config(workdir).family == "siglip"
+
+
+def test_gradcache_on_siglip_equals_the_full_batch(scenes, stage1_run, tmp_path):  # noqa: F811
+    workdir = str(tmp_path / "gradcache")
+    config = siglip_config(scenes, "stage1")
+    config.grad_accum = dict(micro_batches=2, mode="gradcache")
+    trainer.train(config, workdir)
+    np.testing.assert_allclose([r["loss"] for r in logged(workdir) if "loss" in r],
+                               [r["loss"] for r in logged(stage1_run) if "loss" in r],
+                               rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-5),
+                 final_params(workdir), final_params(stage1_run))

@@ -2,7 +2,7 @@
 
 It is saved with every checkpoint and inferred from the weights on import. `family` picks the
 towers (`models/clip.py`, `models/siglip.py`) and `tokenizer` the text tokenizer
-(`models/tokenizer.py` for "clip", `models/sentencepiece_tokenizers.py` for "siglip" and
+(`models/tokenizer.py` for "clip", `models/siglip_tokenizer.py` for "siglip" and
 "gemma"). Checkpoints written before a field existed load with its default.
 
     python -c "from reasonclip_jax.models import clip; print(clip.get_preset('siglip-tiny'))"
