@@ -9,10 +9,11 @@ by hand, one run at a time:
     python -m reasonclip_jax.train --config configs/demo.py:/tmp/scenes,stage1 --workdir /tmp/s1 \
         --config.init_from=/tmp/base/checkpoints/300
 
-`configs/demo.py:DATA,STAGE` with STAGE stage0 | stage1 | stage2. Batches hold whole sibling
-groups of 8 scenes (`input.group_size`), and every `eval_every` steps the run is evaluated
-on the held-out benchmark and on descriptive retrieval over 500 held-out scenes; no
-checkpoint is selected on them (they are the test set).
+`configs/demo.py:DATA,STAGE` with STAGE stage0 | stage1 | stage2; `,backbone=siglip` trains
+the tiny SigLIP with the sigmoid loss instead of the tiny CLIP (`backbone=clip`).
+Batches hold whole sibling groups of 8 scenes (`input.group_size`), and every
+`eval_every` steps the run is evaluated on the held-out benchmark and on descriptive
+retrieval over 500 held-out scenes; no checkpoint is selected on them (the test set).
 `configs/demo.py:DATA,stage1,smoke` is the seconds-long variant the tests run: 32 px
 images, 24 tokens, batch 16, one device, one optimizer group, logs every step, no groups;
 `smoke_eval` adds the benchmark evaluation at the end and keeps the best weights;
@@ -22,11 +23,20 @@ images, 24 tokens, batch 16, one device, one optimizer group, logs every step, n
 import os
 
 from configs import common
+from reasonclip_jax.errors import UserError
+
+BACKBONES = ("clip", "siglip")
 
 
 def get_config(arg: str = "/tmp/scenes"):
-    data, stage, variant = (arg.split(",") + ["", ""])[:3]
+    parts = arg.split(",")
+    named = dict(p.split("=", 1) for p in parts if "=" in p)
+    data, stage, variant = ([p for p in parts if "=" not in p] + ["", ""])[:3]
     stage = stage or "stage1"
+    backbone = named.pop("backbone", "clip")
+    if named or backbone not in BACKBONES:
+        raise UserError(f"configs/demo.py takes DATA,STAGE[,VARIANT][,backbone="
+                         f"{'|'.join(BACKBONES)}], got '{arg}'")
     c = common.base_config()
     c.stage = stage
     c.total_steps = 300
@@ -36,6 +46,14 @@ def get_config(arg: str = "/tmp/scenes"):
     c.input.batch_size = 64
     c.input.image_size = 64
     c.input.context_length = 77
+    if backbone == "siglip":
+        # The tiny SigLIP (attention-pooling head, non-causal text, last-token pooling),
+        # its context of 64 (the longest scene caption has 54 tokens), the sigmoid loss
+        # with its learnable bias, and the recipe's SigLIP lambda schedule.
+        c.model.preset = "siglip-tiny"
+        c.input.context_length = 64
+        c.loss.kind = "sigmoid"
+        c.loss.lam = dict(start=0.6, end=0.3, final=0.5, ramp_from=0.2, ramp_to=0.8)
     c.input.augment = "center_crop"
     c.input.worker_count = 0
     c.input.read_threads = 2

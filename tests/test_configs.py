@@ -81,8 +81,18 @@ def test_named_arguments_and_their_errors():
 
 
 def test_demo_configs_fit_their_model():
-    for stage in ("stage0", "stage1", "stage2"):
-        for variant in ("", "smoke", "smoke_demo"):
-            c = demo.get_config(f"/tmp/scenes,{stage},{variant}")
-            trainer.check_input_fits_model(
-                c.input, get_preset(c.model.preset, **dict(c.model.overrides)))
+    for backbone in ("clip", "siglip"):
+        for stage in ("stage0", "stage1", "stage2"):
+            for variant in ("", "smoke", "smoke_demo"):
+                c = demo.get_config(f"/tmp/scenes,{stage},{variant},backbone={backbone}")
+                model = get_preset(c.model.preset, **dict(c.model.overrides))
+                trainer.check_input_fits_model(c.input, model)
+                assert model.family == backbone
+                assert c.loss.kind == ("sigmoid" if backbone == "siglip" else "softmax")
+
+
+def test_demo_config_rejects_unknown_arguments():
+    with pytest.raises(UserError, match=r"backbone=clip\|siglip"):
+        demo.get_config("/tmp/scenes,stage1,backbone=vit")
+    with pytest.raises(UserError, match="backbone="):
+        demo.get_config("/tmp/scenes,stage1,seed=3")

@@ -74,3 +74,17 @@ def test_smoke_demo_writes_its_results_and_reruns_exactly(tmp_path):
         assert (workdir / "hf_export" / "config.json").exists()
         tables.append((table, results["summary"]))
     assert tables[0] == tables[1]
+
+
+@pytest.mark.slow
+def test_smoke_demo_on_the_tiny_siglip(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "reasonclip_jax.demo", "--smoke", "--backbone=siglip",
+         f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "results.md").read_text() in proc.stdout
+    run_config = json.loads((tmp_path / "seed0" / "runs" / "stage1" / "config.json").read_text())
+    assert run_config["model"]["preset"] == "siglip-tiny"
+    assert run_config["loss"]["kind"] == "sigmoid"
+    exported = json.loads((tmp_path / "hf_export" / "config.json").read_text())
+    assert exported["model_type"] == "siglip"

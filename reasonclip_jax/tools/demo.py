@@ -1,6 +1,7 @@
 """The end-to-end demo: the paper's protocol in miniature, on built-in synthetic data, on a CPU.
 
-    python -m reasonclip_jax.demo [--workdir /tmp/reasonclip_demo] [--seeds 1] [--steps 300]
+    python -m reasonclip_jax.demo [--workdir /tmp/reasonclip_demo] [--seeds 1] [--steps 300] \
+        [--backbone clip|siglip]
 
 Per seed:
 1. data_pipeline (Beam, DirectRunner) renders the `scenes` source: training scenes in sibling
@@ -101,7 +102,8 @@ class Demo:
         extra = [f"--config.init_from={init_from}"] if init_from else []
         if not os.path.exists(os.path.join(workdir, "checkpoints", str(steps))):
             _run([sys.executable, "-m", "reasonclip_jax.train",
-                  f"--config=configs/demo.py:{self.data},{stage},{variant}",
+                  f"--config=configs/demo.py:{self.data},{stage},{variant},"
+                  f"backbone={a.backbone}",
                   f"--workdir={workdir}", f"--config.total_steps={steps}",
                   f"--config.seed={self.seed}", f"--config.input.shuffle_seed={self.seed}",
                   f"--config.input.group_size={a.group_size}",
@@ -222,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--group-size", type=int, default=8, help="sibling scenes per group")
     parser.add_argument("--base-steps", type=int, default=600)
     parser.add_argument("--steps", type=int, default=300, help="S")
+    parser.add_argument("--backbone", choices=("clip", "siglip"), default="clip",
+                        help="the tiny CLIP (softmax loss) or the tiny SigLIP (sigmoid loss)")
     parser.add_argument("--smoke", action="store_true", help="seconds-long: tiny everything")
     args = parser.parse_args(argv)
     if args.smoke:
