@@ -28,6 +28,7 @@ from reasonclip_jax.models.layers import (  # noqa: F401  (the names this module
     Mlp,
     ResidualBlock,
     Transformer,
+    embed_tokens,
     l2_normalize,
     layer_norm,
     normalize_pixels,
@@ -125,16 +126,8 @@ class TextTower(nn.Module):
         """tokens: [B, L] int ids, L <= context_length -> [B, embed_dim] (not normalised)."""
         c = self.config
         length = tokens.shape[1]
-        embedding = self.param(
-            "token_embedding", partitioned(nn.initializers.normal(0.02), ("vocab", "embed")),
-            (c.vocab_size, c.text_width),
-        )
-        x = jnp.take(embedding, tokens, axis=0).astype(self.dtype)
-        pos = self.param(
-            "positional_embedding", partitioned(nn.initializers.normal(0.01), (None, "embed")),
-            (c.context_length, c.text_width),
-        )
-        x = x + pos[:length].astype(self.dtype)
+        x = embed_tokens(self, tokens, c.vocab_size, c.context_length, c.text_width,
+                         self.dtype)
         causal = nn.make_causal_mask(jnp.ones((1, length), jnp.bool_), dtype=jnp.bool_)
         x = Transformer(
             c.text_width, c.text_layers, c.text_heads, c.text_mlp_dim, c.act, c.layer_norm_eps,

@@ -164,6 +164,22 @@ class Transformer(nn.Module):
 
 
 
+def embed_tokens(module: nn.Module, tokens: Array, vocab_size: int, context_length: int,
+                 width: int, dtype: Any) -> Array:
+    """Token plus learned position embeddings, [B, L] ids -> [B, L, width], as a text
+    tower's params `token_embedding` and `positional_embedding` of `module`."""
+    embedding = module.param(
+        "token_embedding", partitioned(nn.initializers.normal(0.02), ("vocab", "embed")),
+        (vocab_size, width),
+    )
+    pos = module.param(
+        "positional_embedding", partitioned(nn.initializers.normal(0.01), (None, "embed")),
+        (context_length, width),
+    )
+    x = jnp.take(embedding, tokens, axis=0).astype(dtype)
+    return x + pos[: tokens.shape[1]].astype(dtype)
+
+
 def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
     x = x.astype(jnp.float32)
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))

@@ -38,6 +38,7 @@ from reasonclip_jax.models.layers import (
     Attention,
     Mlp,
     Transformer,
+    embed_tokens,
     layer_norm,
     normalize_pixels,
     partitioned,
@@ -193,17 +194,8 @@ class TextTower(nn.Module):
         with (`context_length`, 64 for the released models), as the tokenizers do.
         """
         c = self.config
-        length = tokens.shape[1]
-        embedding = self.param(
-            "token_embedding", partitioned(nn.initializers.normal(0.02), ("vocab", "embed")),
-            (c.vocab_size, c.text_width),
-        )
-        x = jnp.take(embedding, tokens, axis=0).astype(self.dtype)
-        pos = self.param(
-            "positional_embedding", partitioned(nn.initializers.normal(0.01), (None, "embed")),
-            (c.context_length, c.text_width),
-        )
-        x = x + pos[:length].astype(self.dtype)
+        x = embed_tokens(self, tokens, c.vocab_size, c.context_length, c.text_width,
+                         self.dtype)
         x = Transformer(
             c.text_width, c.text_layers, c.text_heads, c.text_mlp_dim, c.act, c.layer_norm_eps,
             self.dtype, self.remat_policy, name="transformer",
