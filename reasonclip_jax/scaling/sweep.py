@@ -1,0 +1,124 @@
+"""Running a batch-size study: every run of the grid, one after another, each resumable.
+
+    python -m reasonclip_jax.sweep --config configs/sweeps/tiny.py:/tmp/scenes --workdir /tmp/study
+    python -m reasonclip_jax.sweep --report /tmp/study
+
+Each run trains in its own subdirectory `WORKDIR/RUN` (`grid.Run.name`) with
+`trainer.train(run.config, WORKDIR/RUN)` over all devices of the job (on a pod, every process
+runs the same command). Relaunching the command skips the finished runs (their last
+checkpoint is at total_steps), resumes the interrupted one from its checkpoint, and starts
+the rest. A SIGTERM saves the running run and stops the sweep; relaunch to go on.
+
+Before a run trains, its update step is compiled ahead of time on the job's devices
+(`scaling/compiled_memory.py`): XLA's peak bytes per device go into `RUN/run.json` (the
+report's memory column), and with `device_memory` set, a batch the sweep config gives no
+micro-batches gets the fewest GradCache micro-batches whose step fits (`scaling/plan.py`).
+`RUN/run.json` also holds the grid point and a fingerprint of the run's config: a workdir
+made by a different sweep config is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from reasonclip_jax.errors import UserError
+from reasonclip_jax.scaling import compiled_memory, grid, plan
+from reasonclip_jax.train import checkpoint, trainer
+
+log = logging.getLogger("reasonclip_jax.sweep")
+
+RUN_RECORD = "run.json"
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> str:
+    """A short hash of everything a run's result depends on (its whole config)."""
+    return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
+
+
+def finished(run_dir: str, total_steps: int) -> bool:
+    """Whether the run in `run_dir` has saved its last step."""
+    directory = os.path.join(run_dir, "checkpoints")
+    return os.path.isdir(directory) and checkpoint.latest_train_step(directory) == total_steps
+
+
+def read_record(run_dir: str) -> dict[str, Any] | None:
+    path = os.path.join(run_dir, RUN_RECORD)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_record(run_dir: str, record: dict[str, Any]) -> None:
+    if jax.process_index() != 0:
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    tmp = os.path.join(run_dir, RUN_RECORD + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(tmp, os.path.join(run_dir, RUN_RECORD))
+
+
+def fit_micro_batches(sweep: ml_collections.ConfigDict, run: grid.Run) -> grid.Run:
+    """The run with GradCache micro-batches that fit `sweep.device_memory`, unless the sweep
+    config names its micro-batches."""
+    if not sweep.device_memory or str(run.batch_size) in dict(sweep.micro_batches):
+        return run
+    target = compiled_memory.local_target(plan.parse_bytes(sweep.device_memory))
+    micro, _ = plan.fewest_micro_batches(run.config, target)
+    run.config.grad_accum = dict(micro_batches=micro, mode="gradcache")
+    return run
+
+
+def prepare(sweep: ml_collections.ConfigDict, run: grid.Run, run_dir: str) -> dict[str, Any]:
+    """The run's record: new, or the one a previous launch wrote (which must match)."""
+    record = read_record(run_dir)
+    if record is not None:
+        run.config.grad_accum = dict(micro_batches=record["point"]["micro_batches"],
+                                     mode="gradcache")
+        if record["fingerprint"] != fingerprint(run.config):
+            raise UserError(f"{run_dir} holds a run of a different sweep config; use a new "
+                            "--workdir, or remove that run's directory to train it again")
+        return record
+    run = fit_micro_batches(sweep, run)
+    memory = compiled_memory.compile_step(run.config, jax.devices())
+    record = dict(name=run.name, point=run.point(), fingerprint=fingerprint(run.config),
+                  compiled_peak_bytes=memory.peak_bytes, devices=jax.device_count(),
+                  device_kind=jax.devices()[0].device_kind)
+    write_record(run_dir, record)
+    return record
+
+
+def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """Trains every unfinished run of `sweep` under `workdir`; returns the names trained.
+
+    Stops after a run that did not reach its last step (SIGTERM saved it)."""
+    runs = grid.make_runs(sweep)
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "sweep_config.json"), "w") as f:
+            f.write(sweep.to_json_best_effort(indent=1) + "\n")
+    trained = []
+    for i, run in enumerate(runs):
+        run_dir = os.path.join(workdir, run.name)
+        prepare(sweep, run, run_dir)
+        if finished(run_dir, run.config.total_steps):
+            log.info("[%d/%d] %s: finished, skipped", i + 1, len(runs), run.name)
+            continue
+        log.info("[%d/%d] %s: batch %d, %d steps, %d micro-batches, lr x %.3g", i + 1,
+                 len(runs), run.name, run.batch_size, run.config.total_steps,
+                 run.config.grad_accum.micro_batches, run.learning_rate_scale)
+        trainer.train(run.config, run_dir)
+        trained.append(run.name)
+        if not finished(run_dir, run.config.total_steps):
+            log.warning("%s stopped before its last step; relaunch the sweep to resume it",
+                        run.name)
+            break
+    return trained
