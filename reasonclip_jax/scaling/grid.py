@@ -160,6 +160,7 @@ def make_run(sweep: ml_collections.ConfigDict, batch_size: int, stage: str, loss
              loss_impl: str) -> Run:
     """The trainer config of one grid point (see the module docstring)."""
     c = copy.deepcopy(sweep.base)
+    c.unlock()  # the command line locks configs; a run adds warmup_steps and overrides
     for value, (_, settings_key, _) in zip((stage, loss, loss_impl), DIMENSIONS, strict=True):
         merge(c, dict(sweep.settings).get(settings_key, {}).get(value, {}))
     c.stage, c.loss.kind, c.loss.impl = stage, loss, loss_impl

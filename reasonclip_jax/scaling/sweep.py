@@ -88,7 +88,9 @@ def prepare(sweep: ml_collections.ConfigDict, run: grid.Run, run_dir: str) -> di
                             "--workdir, or remove that run's directory to train it again")
         return record
     run = fit_micro_batches(sweep, run)
-    memory = compiled_memory.compile_step(run.config, jax.devices())
+    # Into the persistent cache, where the trainer finds the same program.
+    with trainer.persistent_compilation_cache(run.config.compilation_cache_dir):
+        memory = compiled_memory.compile_step(run.config, jax.devices())
     record = dict(name=run.name, point=run.point(), fingerprint=fingerprint(run.config),
                   compiled_peak_bytes=memory.peak_bytes, devices=jax.device_count(),
                   device_kind=jax.devices()[0].device_kind)
@@ -101,6 +103,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> list[str]:
 
     Stops after a run that did not reach its last step (SIGTERM saved it)."""
     runs = grid.make_runs(sweep)
+    jax.config.update("jax_threefry_partitionable", True)  # as the trainer compiles
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "sweep_config.json"), "w") as f:
