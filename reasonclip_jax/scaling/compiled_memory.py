@@ -16,6 +16,7 @@ are written in place) + temporaries.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -83,6 +84,9 @@ def tpu_target(topology: str) -> Target:
     dims = shape.split("x")
     if chip in ("v4", "v5p") and len(dims) == 2:
         dims.append("1")
+    # Compiling needs no chip: skip libtpu's one-process-per-machine lock, which a process
+    # that merely imported it (JAX probes for TPUs at start) would otherwise hold.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         from jax.experimental import topologies
 
