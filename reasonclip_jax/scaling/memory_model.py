@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 from typing import Any
 
@@ -128,6 +129,21 @@ def params_per_device(boxed: Any, mesh_sizes: dict[str, int]) -> tuple[float, fl
     return float(sum(jax.tree.leaves(per_device))), float(_tree_bytes(shapes))
 
 
+@functools.lru_cache(maxsize=64)
+def weights_per_device(model_config: ModelConfig, category_heads: int,
+                       mesh_sizes: tuple[tuple[str, int], ...], optim_json: str
+                       ) -> tuple[float, float]:
+    """(params, optimizer state) bytes per device; the state mirrors the params (its
+    moments and anchor take each param's sharding)."""
+    model = CLIP(model_config, num_category_heads=category_heads)
+    boxed = jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))
+    params, params_total = params_per_device(boxed, dict(mesh_sizes))
+    opt = optimizer.make_optimizer(ml_collections.ConfigDict(
+        {"optim": json.loads(optim_json)}), 1)
+    state_total = _tree_bytes(jax.eval_shape(opt.tx.init, nn.unbox(boxed)))
+    return params, state_total * params / params_total
+
+
 def residual_bytes(fn: Any, params: Any, inputs: jax.ShapeDtypeStruct, platform: str) -> int:
     """Bytes of what `jax.vjp` of `fn(params, inputs)` with respect to the params saves for
     the backward pass (traced on shapes only)."""
@@ -184,8 +200,6 @@ def estimate(config: ml_collections.ConfigDict, num_devices: int, platform: str)
     """The analytic breakdown of `config`'s update step on `num_devices` devices."""
     stage = stages.get_stage(config.stage)
     model_config = trainer.model_config_of(config)
-    model = CLIP(model_config, dtype=jnp.dtype(config.model.dtype),
-                 remat_policy=config.model.remat_policy, num_category_heads=stage.category_heads)
     mesh_sizes = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, num_devices),
                           strict=True))
     batch_shards = math.prod(mesh_sizes[a] for a in sharding.BATCH_AXES)
@@ -194,11 +208,9 @@ def estimate(config: ml_collections.ConfigDict, num_devices: int, platform: str)
     micro = config.grad_accum.micro_batches
     texts = len(stage.make_view(config.input.text_fields).text_keys)
 
-    boxed = jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))
-    params, params_total = params_per_device(boxed, mesh_sizes)
-    opt = optimizer.make_optimizer(config, max(config.total_steps, 1))
-    state_total = _tree_bytes(jax.eval_shape(opt.tx.init, nn.unbox(boxed)))
-    optimizer_state = state_total * params / params_total  # the state mirrors the params
+    params, optimizer_state = weights_per_device(
+        model_config, stage.category_heads, tuple(sorted(mesh_sizes.items())),
+        config.optim.to_json_best_effort(sort_keys=True))
 
     size, length = config.input.image_size, config.input.context_length
     image_bytes = 1 if config.input.image_dtype == "uint8" else _F32
