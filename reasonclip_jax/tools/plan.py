@@ -12,7 +12,8 @@ with XLA_FLAGS=--xla_force_host_platform_device_count=8) with `--device-memory`,
 `--devices N`, N devices nothing is compiled for. For each global batch it prints the fewest
 GradCache micro-batches that fit, XLA's peak bytes per device (arguments + outputs -
 aliased + temporaries) and the analytic breakdown; then the largest global batch that fits
-without micro-batches. `--sweep` takes a sweep config and plans its batch sizes on its base.
+without micro-batches. `--sweep` takes a sweep config and plans its batch sizes on its base;
+`--nocompile` keeps to the analytic model (a pod's topology takes minutes per compile here).
 """
 
 from __future__ import annotations
@@ -33,11 +34,21 @@ _DEVICES = flags.DEFINE_integer("devices", None, "Devices of a target nothing is
 _BATCHES = flags.DEFINE_string("batch-sizes", None, "Global batches, e.g. 4096,8192.")
 _SWEEP = flags.DEFINE_bool("sweep", False, "--config is a sweep config: plan its batch sizes.")
 _LARGEST = flags.DEFINE_bool("largest", True, "Search the largest batch without micro-batches.")
+_COMPILE = flags.DEFINE_bool("compile", True, "Compile for the target (--nocompile: the "
+                             "analytic model only, seconds instead of minutes per batch).")
 
 GiB = 2**30
 
 
 def make_target() -> compiled_memory.Target:
+    target = _devices_and_memory()
+    if not _COMPILE.value:
+        return compiled_memory.Target(target.name, (), target.device_memory, target.platform,
+                                      target.num_devices)
+    return target
+
+
+def _devices_and_memory() -> compiled_memory.Target:
     memory = plan.parse_bytes(_MEMORY.value) if _MEMORY.value else None
     if _TOPOLOGY.value:
         if _DEVICES.value:
