@@ -105,6 +105,17 @@ def _tree_bytes(tree: Any, platform: str = "tpu") -> int:
                for x in jax.tree.leaves(tree))
 
 
+def _activation_bytes(x: jax.ShapeDtypeStruct, platform: str) -> int:
+    """Bytes of one saved activation. TPUs store the two minor dimensions of an array in
+    tiles of 8 x 128; XLA lays activations out with a batch-sized dimension minor, which
+    needs no padding, except the attention weights [..., L, L], whose L x L it keeps minor
+    for the softmax: L is padded to multiples of 8 and 128 there."""
+    shape = x.shape
+    if platform == "tpu" and len(shape) >= 2 and shape[-1] == shape[-2]:
+        shape = (*shape[:-2], -(-shape[-2] // 8) * 8, -(-shape[-1] // 128) * 128)
+    return math.prod(shape) * _stored_itemsize(x.dtype, platform)
+
+
 def _shard_factor(spec: jax.sharding.PartitionSpec, shape: tuple[int, ...],
                   mesh_sizes: dict[str, int]) -> int:
     """How many devices share one leaf (the trainer's `_fit`: axes that do not divide a
@@ -148,7 +159,7 @@ def residual_bytes(fn: Any, params: Any, inputs: jax.ShapeDtypeStruct, platform:
     """Bytes of what `jax.vjp` of `fn(params, inputs)` with respect to the params saves for
     the backward pass (traced on shapes only)."""
     pullback = jax.eval_shape(lambda p, x: jax.vjp(lambda q: fn(q, x), p)[1], params, inputs)
-    return _tree_bytes(pullback, platform)
+    return sum(_activation_bytes(x, platform) for x in jax.tree.leaves(pullback))
 
 
 @functools.lru_cache(maxsize=64)
@@ -177,9 +188,13 @@ def activations_per_example(model_config: ModelConfig, dtype: str, remat_policy:
     saved = {t: per_example(model, t) for t in ("image", "text")}
     layers = {"image": model.config.vision_layers, "text": model.config.text_layers}
     recompute = 0.0
-    if model.remat_policy != "none":
-        unsaved = dataclasses.replace(model, remat_policy="none")
-        recompute = max((per_example(unsaved, t) - saved[t]) / layers[t]
+    # A layer's backward pass recomputes what the policy did not save. XLA's CPU backend
+    # materialises all of it; TPUs and GPUs fuse the elementwise work into its consumers,
+    # so only the matmul outputs ("dots") of the layer exist at once.
+    recomputed = "none" if platform == "cpu" else "dots"
+    if model.remat_policy not in ("none", recomputed):
+        whole = dataclasses.replace(model, remat_policy=recomputed)
+        recompute = max(max(per_example(whole, t) - saved[t], 0.0) / layers[t]
                         * (texts if t == "text" else 1) for t in saved)
     return saved["image"] + texts * saved["text"], recompute
 
