@@ -118,3 +118,22 @@ def test_runs_are_ordered_by_batch_within_each_point():
     sizes = [r.batch_size for r in runs]
     assert sizes == [16, 32, 64, 128] * 2
     assert np.all(np.diff([r.learning_rate_scale for r in runs[:4]]) > 0)
+
+
+@pytest.mark.parametrize("backbone", ["B-32", "L-14-336"])
+@pytest.mark.parametrize("topology", ["v5e:16x16", "v5p:4x4x8"])
+def test_pod_configs_make_their_grid(backbone, topology):
+    from configs.sweeps import pod
+    from reasonclip_jax.scaling import plan
+
+    c = pod.get_config(f"backbone={backbone},topology={topology},data=/d,init=/ckpt")
+    runs = grid.make_runs(c)
+    assert len(runs) == 10 and {r.batch_size for r in runs} == set(pod.BATCH_SIZES)
+    listed = pod.MICRO_BATCHES[(backbone, topology)]
+    for run in runs:
+        assert run.config.grad_accum.micro_batches == listed.get(run.batch_size, 1)
+        assert run.config.grad_accum.mode == "gradcache" and run.config.init_from == "/ckpt"
+        assert run.config.total_steps * run.batch_size == c.samples
+    sigmoid = next(r for r in runs if r.loss == "sigmoid")
+    assert sigmoid.config.init_new_params == r"_category_head/|^logit_bias$"
+    assert 14 * 2**30 < plan.parse_bytes(c.device_memory) < 95 * 2**30

@@ -25,9 +25,11 @@ samples, the held-out loss at the release's batch of 256 every quarter. The sigm
 SigLIP's logit bias (initialised at -10, the scale at 10) to the pretrained CLIP.
 
 MICRO_BATCHES holds, per backbone and slice, the fewest GradCache micro-batches whose update
-step fits, from `python -m reasonclip_jax.plan --sweep --nocompile` (the analytic model, which
-the compiled figures bound within 20%: README, "Batch-size studies"); the planner's compiled
-check of L-14-336 at 32,768 is in the README.
+step fits as the planner compiled them (the first command above; README, "Batch-size
+studies"). A batch it does not list is fitted when its run starts: the sweep compiles the
+step on the slice and takes the fewest micro-batches within `device_memory`, ~90% of the
+chip's HBM. `python -m reasonclip_jax.plan ... --nocompile` gives the analytic plan of every
+batch in seconds.
 """
 
 import math
@@ -37,17 +39,18 @@ import ml_collections
 from configs import recipe
 from reasonclip_jax.errors import UserError
 
-TOPOLOGIES = {  # slice -> mesh
-    "v5e:16x16": dict(data=1, fsdp=-1, tensor=1),
-    "v5p:4x4x8": dict(data=-1, fsdp=1, tensor=1),
+TOPOLOGIES = {  # slice -> (mesh, memory a step may use per chip: ~90% of its HBM)
+    "v5e:16x16": (dict(data=1, fsdp=-1, tensor=1), "14.4GiB"),
+    "v5p:4x4x8": (dict(data=-1, fsdp=1, tensor=1), "85.5GiB"),
 }
 BATCH_SIZES = (4096, 8192, 16384, 32768, 65536)
-# (backbone, slice) -> {global batch: GradCache micro-batches}; absent batches: 1.
+# (backbone, slice) -> {global batch: GradCache micro-batches}, as the planner compiled them;
+# a batch not listed is fitted when its run starts (device_memory).
 MICRO_BATCHES = {
     ("B-32", "v5e:16x16"): {},
     ("B-32", "v5p:4x4x8"): {},
     ("L-14-336", "v5e:16x16"): {},
-    ("L-14-336", "v5p:4x4x8"): {},
+    ("L-14-336", "v5p:4x4x8"): {32768: 2},
 }
 
 
@@ -59,7 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         f"{' | '.join(TOPOLOGIES)}; got {args['backbone']}, {args['topology']}")
     base = recipe.base("stage1", args)
     base.init_from = args["init"]
-    base.mesh = dict(TOPOLOGIES[args["topology"]])
+    mesh, device_memory = TOPOLOGIES[args["topology"]]
+    base.mesh = dict(mesh)
     base.loss.impl = "tiled_ring"
     base.loss.negatives_gradient = "global"
     base.grad_accum = dict(micro_batches=1, mode="gradcache")
@@ -85,5 +89,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_samples = samples // 4
     c.micro_batches = {str(b): k for b, k in
                        MICRO_BATCHES[(args["backbone"], args["topology"])].items()}
-    c.device_memory = ""
+    c.device_memory = device_memory
     return c
