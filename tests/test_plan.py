@@ -100,3 +100,12 @@ def test_plan_command_analytic_table_and_errors():
 def test_unknown_topology_is_a_user_error():
     with pytest.raises(UserError, match="topology 'v9z:1x1': use CHIP:AxB"):
         compiled_memory.tpu_target("v9z:1x1")
+
+
+def test_out_of_memory_message_of_the_tpu_compiler():
+    message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+               "temporaries (20.94G) exceeds available HBM (15.75G).")
+    assert compiled_memory.out_of_memory_bytes(message) == int(20.94 * GiB)
+    assert compiled_memory.out_of_memory_bytes("INTERNAL: something else") is None
+    refused = compiled_memory.CompiledMemory(0, 0, 0, 5 * GiB, out_of_memory=True)
+    assert refused.peak_bytes == 5 * GiB

@@ -39,6 +39,8 @@ TPU_CHIPS = {
     "v5p": ("v5", "megacore", 95 * GiB),
     "v6e": ("v6e", "default", 32 * GiB),
 }
+_OUT_OF_MEMORY = re.compile(r"memory required for HLO temporaries \(([0-9.]+)([KMGT])\)")
+_SUFFIX = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _TOPOLOGY = re.compile(r"^(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})$")
 
 
@@ -50,6 +52,9 @@ class CompiledMemory:
     output_bytes: int
     alias_bytes: int
     temp_bytes: int
+    # XLA's TPU compiler refuses a program whose temporaries exceed the chip's HBM; then only
+    # the temporaries it needed are known (temp_bytes, a lower bound of the peak).
+    out_of_memory: bool = False
 
     @property
     def peak_bytes(self) -> int:
@@ -125,6 +130,14 @@ def abstract_batch(program: trainer.Program, input_cfg: ml_collections.ConfigDic
             for k, (shape, dtype) in shapes.items()}
 
 
+def out_of_memory_bytes(message: str) -> int | None:
+    """The temporaries XLA's TPU compiler needed when it refused a program for the chip's
+    HBM ("... memory required for HLO temporaries (20.94G) exceeds available HBM ..."), else
+    None."""
+    match = _OUT_OF_MEMORY.search(message)
+    return None if match is None else int(float(match.group(1)) * _SUFFIX[match.group(2)])
+
+
 def make_mesh(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> jax.sharding.Mesh:
     return sharding.make_mesh(config.mesh, list(devices))
 
@@ -138,6 +151,13 @@ def compile_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> C
     with sharding.activation_sharding(mesh):  # as the trainer traces its steps
         lowered = program.update.lower(program.abstract_params(), program.abstract_state(),
                                        batch)
-    stats = lowered.compile().memory_analysis()
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        required = out_of_memory_bytes(str(e))
+        if required is None:
+            raise
+        return CompiledMemory(0, 0, 0, required, out_of_memory=True)
+    stats = compiled.memory_analysis()
     return CompiledMemory(int(stats.argument_size_in_bytes), int(stats.output_size_in_bytes),
                           int(stats.alias_size_in_bytes), int(stats.temp_size_in_bytes))

@@ -92,8 +92,8 @@ def evaluate(config: ml_collections.ConfigDict, target: Target, batch_size: int,
     compiled = (compiled_memory.compile_step(c, target.devices)
                 if compile_step and target.devices else None)
     peak = compiled.peak_bytes if compiled else estimate.peak
-    return Plan(batch_size, micro_batches, compiled, estimate,
-                _fits(peak, target.device_memory))
+    fits = False if compiled and compiled.out_of_memory else _fits(peak, target.device_memory)
+    return Plan(batch_size, micro_batches, compiled, estimate, fits)
 
 
 def fewest_micro_batches(config: ml_collections.ConfigDict, target: Target,

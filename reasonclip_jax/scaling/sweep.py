@@ -91,6 +91,10 @@ def prepare(sweep: ml_collections.ConfigDict, run: grid.Run, run_dir: str) -> di
     # Into the persistent cache, where the trainer finds the same program.
     with trainer.persistent_compilation_cache(run.config.compilation_cache_dir):
         memory = compiled_memory.compile_step(run.config, jax.devices())
+    if memory.out_of_memory:
+        raise UserError(f"{run.name}: the step needs more than the devices' memory (XLA: "
+                        f"{memory.temp_bytes / 2**30:.1f} GiB of temporaries); give it "
+                        "micro_batches or set device_memory to fit it")
     record = dict(name=run.name, point=run.point(), fingerprint=fingerprint(run.config),
                   compiled_peak_bytes=memory.peak_bytes, devices=jax.device_count(),
                   device_kind=jax.devices()[0].device_kind)

@@ -77,9 +77,12 @@ def table(plans: list[plan.Plan]) -> str:
         e = p.estimate
         compiled = p.compiled.peak_bytes if p.compiled else None
         ratio = f"{e.peak / compiled:.3f}" if compiled else ""
+        shown = _gib(compiled)
+        if p.compiled and p.compiled.out_of_memory:  # refused by XLA: its temporaries alone
+            shown, ratio = f"> {shown} (out of HBM)", ""
         fits = "" if p.fits is None else ("yes" if p.fits else "no")
         lines.append(
-            f"| {p.batch_size:,} | {p.micro_batches} | {fits} | {_gib(compiled)} | "
+            f"| {p.batch_size:,} | {p.micro_batches} | {fits} | {shown} | "
             f"{_gib(e.peak)} | {ratio} | {_gib(e.params + e.optimizer_state)} | "
             f"{_gib(e.inputs)} | {_gib(e.gradients)} | {_gib(e.activations)} | "
             f"{_gib(e.recomputation)} | {_gib(e.loss)} | {_gib(e.update)} |")
