@@ -123,3 +123,31 @@ def test_fingerprint_follows_the_run_config():
     again = grid.make_runs(tiny.get_config("/data/scenes"))
     assert [sweep.fingerprint(r.config) for r in again] == [sweep.fingerprint(r.config)
                                                            for r in runs]
+
+
+def test_device_memory_fits_unlisted_batches_with_gradcache(monkeypatch):
+    from configs.sweeps import tiny
+    from reasonclip_jax.scaling import compiled_memory, plan
+
+    sweep_config = tiny.get_config("/data/scenes")
+    sweep_config.device_memory = "1GiB"
+    sweep_config.micro_batches = {"64": 2}
+    asked = []
+
+    def fewest(config, target):
+        asked.append((config.input.batch_size, target.device_memory))
+        return 4, plan.Plan(config.input.batch_size, 4,
+                            compiled_memory.CompiledMemory(1, 2, 1, 5), None, True)
+
+    compiled = []
+    monkeypatch.setattr(plan, "fewest_micro_batches", fewest)
+    monkeypatch.setattr(compiled_memory, "compile_step",
+                        lambda config, devices: compiled.append(config.input.batch_size)
+                        or compiled_memory.CompiledMemory(1, 2, 1, 3))
+    runs = {r.batch_size: r for r in grid.make_runs(sweep_config) if r.loss == "softmax"}
+    assert sweep.fit_and_measure(sweep_config, runs[128]).peak_bytes == 7
+    assert asked == [(128, 2**30)] and runs[128].config.grad_accum.micro_batches == 4
+    assert runs[128].config.grad_accum.mode == "gradcache"
+    # A batch the config names keeps its micro-batches and is only measured.
+    assert sweep.fit_and_measure(sweep_config, runs[64]).peak_bytes == 5
+    assert compiled == [64] and runs[64].config.grad_accum.micro_batches == 2

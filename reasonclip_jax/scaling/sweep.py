@@ -66,31 +66,32 @@ def write_record(run_dir: str, record: dict[str, Any]) -> None:
     os.replace(tmp, os.path.join(run_dir, RUN_RECORD))
 
 
-def fit_micro_batches(sweep: ml_collections.ConfigDict, run: grid.Run) -> grid.Run:
-    """The run with GradCache micro-batches that fit `sweep.device_memory`, unless the sweep
-    config names its micro-batches."""
-    if not sweep.device_memory or str(run.batch_size) in dict(sweep.micro_batches):
-        return run
-    target = compiled_memory.local_target(plan.parse_bytes(sweep.device_memory))
-    micro, _ = plan.fewest_micro_batches(run.config, target)
-    run.config.grad_accum = dict(micro_batches=micro, mode="gradcache")
-    return run
+def fit_and_measure(sweep: ml_collections.ConfigDict, run: grid.Run
+                    ) -> compiled_memory.CompiledMemory:
+    """XLA's memory of the run's step on the job's devices. With `sweep.device_memory` and no
+    micro-batches named for its batch, the run first gets the fewest GradCache micro-batches
+    whose step fits. Compiled into the persistent cache, where the trainer finds the step."""
+    with trainer.persistent_compilation_cache(run.config.compilation_cache_dir):
+        if sweep.device_memory and str(run.batch_size) not in dict(sweep.micro_batches):
+            target = compiled_memory.local_target(plan.parse_bytes(sweep.device_memory))
+            micro, fitted = plan.fewest_micro_batches(run.config, target)
+            run.config.grad_accum = dict(micro_batches=micro, mode="gradcache")
+            return fitted.compiled
+        return compiled_memory.compile_step(run.config, jax.devices())
 
 
 def prepare(sweep: ml_collections.ConfigDict, run: grid.Run, run_dir: str) -> dict[str, Any]:
     """The run's record: new, or the one a previous launch wrote (which must match)."""
     record = read_record(run_dir)
     if record is not None:
-        run.config.grad_accum = dict(micro_batches=record["point"]["micro_batches"],
-                                     mode="gradcache")
+        if str(run.batch_size) not in dict(sweep.micro_batches):  # fitted at its first launch
+            run.config.grad_accum = dict(micro_batches=record["point"]["micro_batches"],
+                                         mode="gradcache")
         if record["fingerprint"] != fingerprint(run.config):
             raise UserError(f"{run_dir} holds a run of a different sweep config; use a new "
                             "--workdir, or remove that run's directory to train it again")
         return record
-    run = fit_micro_batches(sweep, run)
-    # Into the persistent cache, where the trainer finds the same program.
-    with trainer.persistent_compilation_cache(run.config.compilation_cache_dir):
-        memory = compiled_memory.compile_step(run.config, jax.devices())
+    memory = fit_and_measure(sweep, run)
     if memory.out_of_memory:
         raise UserError(f"{run.name}: the step needs more than the devices' memory (XLA: "
                         f"{memory.temp_bytes / 2**30:.1f} GiB of temporaries); give it "
