@@ -96,6 +96,7 @@ def test_grid_crosses_stages_and_implementations():
     (dict(micro_batches={"64": 3}), "does not divide"),
     (dict(settings=dict(loss=dict(sigmoid=dict(model=dict(preset_typo="x"))))), "no key"),
     (dict(batch_sizes=()), "batch_sizes"),
+    (dict(settings=dict(kind=dict(sigmoid=dict()))), "unknown dimensions"),
 ])
 def test_bad_sweep_configs_are_one_line_errors(changes, message):
     with pytest.raises(UserError, match=message):

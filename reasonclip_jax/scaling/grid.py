@@ -65,9 +65,8 @@ SWEEP_KEYS = {
     "eval_every_samples", "log_every_samples", "checkpoint_every_samples", "micro_batches",
     "device_memory",
 }
-# The grid's dimensions: name in the sweep config, its key in `settings`, the run config key.
-DIMENSIONS = (("stages", "stage", "stage"), ("losses", "loss", "loss.kind"),
-              ("loss_impls", "loss_impl", "loss.impl"))
+# The keys of `settings`: one per dimension of the grid besides the batch.
+SETTINGS = ("stage", "loss", "loss_impl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +160,8 @@ def make_run(sweep: ml_collections.ConfigDict, batch_size: int, stage: str, loss
     """The trainer config of one grid point (see the module docstring)."""
     c = copy.deepcopy(sweep.base)
     c.unlock()  # the command line locks configs; a run adds warmup_steps and overrides
-    for value, (_, settings_key, _) in zip((stage, loss, loss_impl), DIMENSIONS, strict=True):
-        merge(c, dict(sweep.settings).get(settings_key, {}).get(value, {}))
+    for dimension, value in zip(SETTINGS, (stage, loss, loss_impl), strict=True):
+        merge(c, dict(sweep.settings).get(dimension, {}).get(value, {}))
     c.stage, c.loss.kind, c.loss.impl = stage, loss, loss_impl
     c.input.batch_size = batch_size
     c.total_steps = _steps(sweep.samples, batch_size, "samples")
@@ -187,10 +186,12 @@ def make_runs(sweep: ml_collections.ConfigDict) -> list[Run]:
     """Every run of the grid, in the order the sweep trains them (batch sizes ascending
     within each stage x loss x implementation)."""
     check_sweep_config(sweep)
+    unknown = set(dict(sweep.settings)) - set(SETTINGS)
+    if unknown:
+        raise UserError(f"settings: unknown dimensions {sorted(unknown)}; use {SETTINGS}")
     base = sweep.base
     axes = [list(sweep.stages) or [base.stage], list(sweep.losses) or [base.loss.kind],
             list(sweep.loss_impls) or [base.loss.impl]]
-    runs = [make_run(sweep, b, stage, loss, impl)
+    return [make_run(sweep, b, stage, loss, impl)
             for stage, loss, impl in itertools.product(*axes)
             for b in sorted(set(sweep.batch_sizes))]
-    return runs
