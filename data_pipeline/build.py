@@ -99,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="scenes: training scenes in sibling groups of this size (the same "
                         "families in other states), written next to each other for "
                         "input.group_size")
+    p.add_argument("--scene-jitter", action="store_true",
+                   help="scenes: vary each fact's size and offset within its slot (default: "
+                        "every fact fills its third of the image, aligned to the ViT patches "
+                        "when the image size divides by 3 x the patch size)")
     return p
 
 
@@ -317,6 +321,8 @@ def manifest_header(
     if source.name == "scenes":
         options.update(num_scenes=args.num_scenes, num_bench_scenes=_num_bench(args),
                        seed=args.seed, image_size=args.image_size)
+        if args.scene_jitter:
+            options["scene_jitter"] = True
         if args.scene_group_size > 1 and not output.eval_only:
             options["scene_group_size"] = args.scene_group_size
             return {"source": output.name, "options": options,
@@ -343,6 +349,7 @@ def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
         seed=args.seed,
         image_size=args.image_size,
         scene_group_size=args.scene_group_size,
+        scene_jitter=args.scene_jitter,
     )
     if args.num_scenes % args.scene_group_size:
         raise UserError(f"--num-scenes {args.num_scenes} is not a multiple of "

@@ -79,6 +79,7 @@ class SourceConfig:
     scene_group_size: int = 1  # training scenes come in sibling groups of this size
     seed: int = 0
     image_size: int = 64
+    scene_jitter: bool = False  # facts vary in size and offset within their slots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,7 +380,8 @@ def read_scenes(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
         try:
             held_out = index >= config.num_scenes
             group_size = 1 if held_out else config.scene_group_size
-            scene = scenes.make_scene(index, config.seed, config.image_size, group_size)
+            scene = scenes.make_scene(index, config.seed, config.image_size, group_size,
+                                      config.scene_jitter)
             png = io.BytesIO()
             scene.image.save(png, "PNG")
         except Exception as e:

@@ -565,6 +565,20 @@ def test_scenes_write_three_directories(tmp_path):
             assert (r.cat_caption, r.cat_label, r.image_labels) == (caption, label, s.image_labels)
 
 
+def test_scene_jitter_draws_the_jittered_scenes(tmp_path):
+    out = str(tmp_path / "out")
+    manifests = build.run(["--source", "scenes", "--num-scenes", "2", "--num-bench-scenes",
+                           "2", "--seed", "3", "--scene-jitter", "--output", out])
+    bench = read_back(os.path.join(out, "bench"))
+    for index in (2, 3):
+        png = io.BytesIO()
+        scene = scenes.make_scene(index, 3, 64, jitter=True)
+        scene.image.save(png, "PNG")
+        assert bench[scene.key][1].image == png.getvalue()
+        assert scene.image.tobytes() != scenes.make_scene(index, 3, 64).image.tobytes()
+    assert manifests[os.path.join(out, "bench")]["options"]["scene_jitter"] is True
+
+
 def test_scene_groups_are_written_next_to_each_other(tmp_path):
     out = str(tmp_path / "out")
     build.run(["--source", "scenes", "--num-scenes", "12", "--scene-group-size", "4",
