@@ -35,7 +35,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from reasonclip_jax import evaluators
+from reasonclip_jax import evaluators, paths
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.evaluators.encoder import Encoder
 from reasonclip_jax.tools import cli, convert
@@ -130,9 +130,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     for key, value in metrics.items():
         print(f"{key}: {value:.4f}")
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(metrics, f, indent=1)
-            f.write("\n")
+        paths.write_text(args.output, json.dumps(metrics, indent=1) + "\n")
     return metrics
 
 
