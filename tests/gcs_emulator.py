@@ -10,6 +10,8 @@ in this process and a test passes on to the subprocesses it starts:
 
 No request leaves the machine: Google's metadata server is redirected to a closed local
 port, and gcsfs's storage-layout lookup (gRPC, which the emulator does not serve) is off.
+Downloads carry the object's generation (`x-goog-generation`), as Cloud Storage's do:
+tensorstore reads it to know which version of an OCDBT manifest it holds.
 
     with GcsEmulator() as gcs:
         epath.Path(f"gs://{gcs.bucket}/x").write_text("hi")
@@ -24,6 +26,34 @@ import threading
 from collections.abc import Callable, Iterator
 
 BUCKET = "bucket"
+
+
+def _with_generation_headers() -> None:
+    """Adds Cloud Storage's generation headers to the emulator's downloads (once)."""
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    download = objects.download
+    if getattr(download, "with_generation", False):
+        return
+
+    def download_with_generation(request, response, storage, *args, **kwargs):
+        try:
+            obj = storage.get_file_obj(request.params["bucket_name"],
+                                       request.params["object_id"])
+            response["x-goog-generation"] = str(obj["generation"])
+            response["x-goog-metageneration"] = str(obj.get("metageneration", "1"))
+        except NotFound:
+            pass  # the download answers 404 itself
+        return download(request, response, storage, *args, **kwargs)
+
+    download_with_generation.with_generation = True
+    objects.download = download_with_generation  # `objects.get` calls it for alt=media
+    for _, handlers in server.HANDLERS:
+        for method, handler in handlers.items():
+            if handler is download:
+                handlers[method] = download_with_generation
 
 
 def _free_port() -> int:
@@ -42,6 +72,7 @@ class GcsEmulator:
 
         # It logs every lookup of a missing object (orbax probes for optional files).
         logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
+        _with_generation_headers()
         self.bucket, self.port = bucket, _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = create_server("127.0.0.1", self.port, in_memory=True,
