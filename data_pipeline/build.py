@@ -16,7 +16,8 @@ The graph, per output directory (`scenes` has three: stage1/, stage2/, bench/):
                                                +-> rejections -----------------+-> manifest.json
                                count rows -------------------------------------+   rejected.jsonl
 
-Input and output are local paths (DirectRunner, or workers sharing a filesystem). See
+Input, images and output are local paths or bucket URLs (`gs://...`): every file goes through
+Beam's FileSystems (`filesystem.py`), so the same command runs on Dataflow. See
 `sources.py` for the input formats and where image paths point, `process.py` for what is
 checked, `write.py` for the layout. Evaluation outputs (rclip-bench, scenes' bench/) store each
 image file's bytes as they are, with no size floor; training outputs store resized JPEGs
@@ -32,8 +33,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from data_pipeline import process, sources, stats, write
-from reasonclip_jax.data.records import encode_record, natural_key, read_manifest
+from data_pipeline import filesystem, process, sources, stats, write
+from reasonclip_jax.data.records import encode_record, natural_key
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.tools import cli
 
@@ -131,7 +132,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
             raise UserError(f"{flag} {value}: must be in [{lo}, {hi if hi is not None else 'inf'})")
     if not 0.0 <= args.validation_fraction < 1.0:
         raise UserError(f"--validation-fraction {args.validation_fraction}: must be in [0, 1)")
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
+    if (not filesystem.is_remote(args.output) and os.path.exists(args.output)
+            and not os.path.isdir(args.output)):
         raise UserError(f"--output {args.output}: exists and is not a directory")
     return args, beam_args
 
@@ -350,11 +352,11 @@ def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
     units = sources.list_units(source, args.input, config)
     _check_beam_args(beam_args)
     directories = {
-        o.subdir: os.path.join(args.output, o.subdir) if o.subdir else args.output
+        o.subdir: filesystem.join(args.output, o.subdir) if o.subdir else args.output
         for o in source.outputs
     }
     for d in directories.values():
-        os.makedirs(d, exist_ok=True)
+        filesystem.mkdirs(d)
 
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -381,7 +383,7 @@ def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
                 manifest_header(args, source, output),
             )
 
-    return {d: read_manifest(d) for d in directories.values()}
+    return {d: write.read_manifest(d) for d in directories.values()}
 
 
 def _is_for(row: process.RawRow, subdir: str) -> bool:

@@ -45,7 +45,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import glob
 import io
 import json
 import os
@@ -53,6 +52,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from data_pipeline import filesystem
 from data_pipeline.process import (
     ANY_COUNT,
     MALFORMED,
@@ -126,26 +126,10 @@ def list_units(source: Source, pattern: str | None, config: SourceConfig) -> lis
         ]
     if not pattern:
         raise UserError(f"--source {source.name} needs --input PATH_OR_GLOB")
-    if os.path.isdir(pattern):
-        root = pattern
-        paths = [
-            os.path.join(dirpath, f)
-            for dirpath, _, files in os.walk(pattern)
-            for f in files
-            if f.endswith(source.extensions)
-        ]
-    else:
-        root = _glob_root(pattern)
-        paths = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+    root, paths = filesystem.list_inputs(pattern, source.extensions)
     if not paths:
         raise UserError(f"--input {pattern}: no {source.name} input files there")
-    return [Unit(path=p, name=os.path.relpath(p, root)) for p in sorted(paths)]
-
-
-def _glob_root(pattern: str) -> str:
-    """The directory part of a glob before its first wildcard."""
-    head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
-    return head if head.endswith(os.sep) else os.path.dirname(head) or "."
+    return [Unit(path=p, name=filesystem.relative(p, root)) for p in sorted(paths)]
 
 
 def resolve_image_path(
@@ -154,6 +138,8 @@ def resolve_image_path(
     """Where an image path of the input points (the rules of the module docstring); raises
     ValueError for a path outside `strip`."""
     root = input_dir if image_root is None else image_root
+    if "://" in path and strip is None:  # a URL (gs://...) is absolute
+        return path if image_root is None else os.path.join(image_root, path.rsplit("/", 1)[1])
     if strip is not None:
         rest = os.path.relpath(os.path.normpath(path), os.path.normpath(strip))
         if os.path.isabs(path) != os.path.isabs(strip) or rest.split(os.sep)[0] == os.pardir:
@@ -192,10 +178,11 @@ def _parquet_rows(unit: Unit) -> Iterator[tuple[int, dict[str, Any]] | RawRow]:
 
     index = 0
     try:
-        for batch in pq.ParquetFile(unit.path).iter_batches(batch_size=64):
-            for row in batch.to_pylist():
-                yield index, row
-                index += 1
+        with filesystem.open_read(unit.path) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=64):
+                for row in batch.to_pylist():
+                    yield index, row
+                    index += 1
     except Exception as e:
         yield _unreadable(unit, index, e)
 
@@ -203,7 +190,7 @@ def _parquet_rows(unit: Unit) -> Iterator[tuple[int, dict[str, Any]] | RawRow]:
 def _jsonl_rows(unit: Unit) -> Iterator[tuple[int, dict[str, Any]] | RawRow]:
     index = 0
     try:
-        with open(unit.path, "rb") as f:
+        with filesystem.open_read(unit.path) as f:
             for index, line in enumerate(f):
                 if not line.strip():
                     continue
@@ -356,9 +343,10 @@ def read_webdataset(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
     """Samples are consecutive members sharing a key, as webdataset writes them."""
     done = 0
     try:
-        for key, files in webdataset.iter_tar(unit.path):
-            yield _webdataset_row(key, files, unit, config)
-            done += 1
+        with filesystem.open_read(unit.path) as f:
+            for key, files in webdataset.iter_tar(f):
+                yield _webdataset_row(key, files, unit, config)
+                done += 1
     except Exception as e:  # truncated or corrupt tar: the sample being read is lost with it
         yield _unreadable(unit, done, e)
 

@@ -168,5 +168,31 @@ class GcsEmulator:
         items, _ = self._storage.get_file_list(self.bucket, prefix=prefix or None)
         return sorted(item["name"] for item in items)
 
+    def read(self, name: str) -> bytes:
+        """The bytes of the object `name` (no `gs://bucket/`)."""
+        return self._storage.get_file(self.bucket, name)
+
+    def write(self, name: str, data: bytes) -> None:
+        """Stores `data` as the object `name`, as a finished upload would."""
+        from gcp_storage_emulator.handlers import objects
+
+        obj = objects._make_object_resource(self.url, self.bucket, name,
+                                            "application/octet-stream", str(len(data)))
+        objects._checksums(data, obj)  # the hashes a download sends back
+        self._storage.create_file(self.bucket, name, data, obj)
+
     def uri(self, *parts: str) -> str:
         return "/".join([f"gs://{self.bucket}", *parts])
+
+
+def upload_tree(gcs: GcsEmulator, local_dir: str, prefix: str, skip: tuple[str, ...] = ()
+                ) -> None:
+    """Every file under `local_dir` as an object `prefix/RELATIVE` (top-level names in
+    `skip` left out)."""
+    for root, dirs, files in os.walk(local_dir):
+        if root == local_dir:
+            dirs[:] = [d for d in dirs if d not in skip]
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                gcs.write(f"{prefix}/{os.path.relpath(path, local_dir)}", f.read())
