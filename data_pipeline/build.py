@@ -5,6 +5,8 @@
     python -m data_pipeline.build --source scenes --num-scenes 1000 --seed 0 --output out/scenes
     python -m data_pipeline.build --source rclip-bench --input rclip_5k_v3.jsonl \\
         --image-root data/docci_images/images --output out/rclip_v3
+    python -m data_pipeline.build --source tfds --input ~/tensorflow_datasets \\
+        --tfds-dataset coco_captions --tfds-caption-key captions/text --output out/coco
     # any Beam pipeline option goes along, e.g. two local worker processes:
     python -m data_pipeline.build ... --direct_num_workers=2 --direct_running_mode=multi_processing
 
@@ -27,6 +29,7 @@ unless --keep-image-bytes.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections import Counter
@@ -96,6 +99,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="scenes: held-out benchmark scenes (default: as many as --num-scenes)")
     p.add_argument("--seed", type=int, default=0, help="scenes: random seed")
     p.add_argument("--image-size", type=int, default=64, help="scenes: image side in pixels")
+    p.add_argument("--tfds-dataset", metavar="NAME[/CONFIG][:VERSION]",
+                   help="tfds: the dataset, prepared as ArrayRecord in --input (its data_dir)")
+    p.add_argument("--tfds-split", default="train", help="tfds: the split ('train[:1000]')")
+    p.add_argument("--tfds-image-key", default="image", help="tfds: the Image feature")
+    p.add_argument("--tfds-caption-key", default="caption",
+                   help="tfds: the captions: a Text feature, a Sequence of them, or a ClassLabel")
+    p.add_argument("--tfds-label-template", default="a photo of a {}.",
+                   help="tfds: the caption of a ClassLabel, its name in place of {}")
     p.add_argument("--scene-group-size", type=int, default=1,
                    help="scenes: training scenes in sibling groups of this size (the same "
                         "families in other states), written next to each other for "
@@ -130,6 +141,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     ):
         if value < lo or (hi is not None and value > hi):
             raise UserError(f"{flag} {value}: must be in [{lo}, {hi if hi is not None else 'inf'})")
+    if args.tfds_label_template.count("{}") != 1 or "{" in args.tfds_label_template.replace(
+            "{}", "", 1):
+        raise UserError(f"--tfds-label-template {args.tfds_label_template!r}: must hold one {{}}")
     if not 0.0 <= args.validation_fraction < 1.0:
         raise UserError(f"--validation-fraction {args.validation_fraction}: must be in [0, 1)")
     if (not filesystem.is_remote(args.output) and os.path.exists(args.output)
@@ -316,6 +330,11 @@ def manifest_header(
                        min_size=image.min_size, max_pixels=image.max_pixels)
     if source.name == "webdataset":
         options["json_caption_fields"] = args.json_caption_fields
+    if source.name == "tfds":
+        options.update(tfds_dataset=args.tfds_dataset, tfds_split=args.tfds_split,
+                       tfds_image_key=args.tfds_image_key,
+                       tfds_caption_key=args.tfds_caption_key,
+                       tfds_label_template=args.tfds_label_template)
     if source.name == "scenes":
         options.update(num_scenes=args.num_scenes, num_bench_scenes=_num_bench(args),
                        seed=args.seed, image_size=args.image_size)
@@ -333,6 +352,7 @@ def _num_bench(args: argparse.Namespace) -> int:
 def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Runs the pipeline; returns each written directory's manifest, keyed by directory."""
     args, beam_args = parse_args(argv)
+    logging.getLogger().addFilter(_BIGQUERY_NOTICE)  # once: the same filter is not added twice
     source = sources.SOURCES[args.source]
     config = sources.SourceConfig(
         image_root=args.image_root,
@@ -345,6 +365,11 @@ def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
         seed=args.seed,
         image_size=args.image_size,
         scene_group_size=args.scene_group_size,
+        tfds_dataset=args.tfds_dataset or "",
+        tfds_split=args.tfds_split,
+        tfds_image_key=args.tfds_image_key,
+        tfds_caption_key=args.tfds_caption_key,
+        tfds_label_template=args.tfds_label_template,
     )
     if args.num_scenes % args.scene_group_size:
         raise UserError(f"--num-scenes {args.num_scenes} is not a multiple of "
@@ -384,6 +409,17 @@ def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
             )
 
     return {d: write.read_manifest(d) for d in directories.values()}
+
+
+class _NoBigQueryNotice(logging.Filter):
+    """Beam tells the root logger that its BigQuery client is missing whenever google-cloud
+    is installed without apitools (Beam's gcp extra); the build never uses BigQuery."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("apitools not found")
+
+
+_BIGQUERY_NOTICE = _NoBigQueryNotice()
 
 
 def _is_for(row: process.RawRow, subdir: str) -> bool:

@@ -16,6 +16,14 @@ data lives. Reading never raises: a file that cannot be read becomes one row car
                     text, version, sets, image{bytes,path}; or jsonl:   image_name, text, version
                     id, image_path, text, version, sets                 (split "test")
     scenes          synthetic (data_pipeline.synthetic); three outputs  stage1/, stage2/, bench/
+    tfds            a TFDS dataset prepared as ArrayRecord in --input   desc
+                    (its data_dir): --tfds-image-key, and a Text,
+                    Sequence(Text) or ClassLabel --tfds-caption-key
+
+A TFDS dataset is read with `tfds.data_source` (no TensorFlow), in units of
+EXAMPLES_PER_UNIT examples, each row keyed "DATASET/SPLIT:INDEX"; a class label becomes the
+caption `--tfds-label-template` ("a photo of a {}.") of its name. Its data_dir is read by
+array_record's own reader: a local path, or a bucket mounted with Cloud Storage FUSE.
 
 Where an image path points (`resolve_image_path`; ROOT is --image-root, or else the input
 file's directory):
@@ -45,6 +53,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -65,6 +74,7 @@ from reasonclip_jax.data import webdataset
 from reasonclip_jax.errors import UserError
 
 SCENES_PER_UNIT = 32
+EXAMPLES_PER_UNIT = 256  # tfds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +89,11 @@ class SourceConfig:
     scene_group_size: int = 1  # training scenes come in sibling groups of this size
     seed: int = 0
     image_size: int = 64
+    tfds_dataset: str = ""  # "name[/config][:version]"
+    tfds_split: str = "train"  # any TFDS split string ("train[:1000]")
+    tfds_image_key: str = "image"
+    tfds_caption_key: str = "caption"
+    tfds_label_template: str = "a photo of a {}."  # a ClassLabel caption feature's caption
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +141,8 @@ def list_units(source: Source, pattern: str | None, config: SourceConfig) -> lis
         ]
     if not pattern:
         raise UserError(f"--source {source.name} needs --input PATH_OR_GLOB")
+    if source.name == "tfds":
+        return _tfds_units(pattern, config)
     root, paths = filesystem.list_inputs(pattern, source.extensions)
     if not paths:
         raise UserError(f"--input {pattern}: no {source.name} input files there")
@@ -406,6 +423,57 @@ def read_scenes(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
 
 
 # ----------------------------------------------------------------------------------------------
+# TFDS datasets.
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _tfds_split(data_dir: str, dataset: str, split: str, image_key: str) -> Any:
+    """The split, opened once per process (workers read many units of it)."""
+    from reasonclip_jax.data import tfds_source
+
+    return tfds_source.open_split(dataset, split, data_dir, encoded=[image_key])
+
+
+def _tfds_units(data_dir: str, config: SourceConfig) -> list[Unit]:
+    """Ranges of example indices; the dataset, split and features are checked here, once."""
+    from reasonclip_jax.data import tfds_source
+
+    if not config.tfds_dataset:
+        raise UserError("--source tfds needs --tfds-dataset NAME[/CONFIG][:VERSION] (and "
+                        "--input, the directory it is prepared in)")
+    split = _tfds_split(data_dir, config.tfds_dataset, config.tfds_split, config.tfds_image_key)
+    tfds_source.read_images(split, config.tfds_image_key)
+    tfds_source.text_feature_kind(split, config.tfds_caption_key)
+    name = f"{config.tfds_dataset}/{config.tfds_split}"
+    return [Unit(path=data_dir, name=name, start=i, stop=min(i + EXAMPLES_PER_UNIT, len(split)))
+            for i in range(0, len(split), EXAMPLES_PER_UNIT)]
+
+
+def read_tfds(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
+    """One row per example: its image bytes as stored, its captions as `desc`."""
+    from reasonclip_jax.data import tfds_source
+
+    done = 0
+    try:
+        split = _tfds_split(unit.path, config.tfds_dataset, config.tfds_split,
+                            config.tfds_image_key)
+        for index, image, example in tfds_source.read_images(
+                split, config.tfds_image_key, unit.start, unit.stop):
+            key = f"{unit.name}:{index}"
+            try:
+                captions = tfds_source.texts(split, example, config.tfds_caption_key,
+                                             config.tfds_label_template)
+            except (IndexError, TypeError, ValueError) as e:  # a label outside its names
+                yield RawRow(key=key, error=(MALFORMED, f"{config.tfds_caption_key}: {e}"[:200]))
+                continue
+            yield RawRow(key=key, image_bytes=image, fields={"desc": captions})
+            done += 1
+    except Exception as e:
+        yield _unreadable(unit, done, e)
+
+
+# ----------------------------------------------------------------------------------------------
 # The registry.
 # ----------------------------------------------------------------------------------------------
 
@@ -430,6 +498,11 @@ SOURCES: dict[str, Source] = {
             (".tar",),
         ),
         Source("jsonl", (Output("", "jsonl", Schema()),), read_jsonl, (".jsonl",)),
+        Source(
+            "tfds",
+            (Output("", "tfds", Schema(desc=(1, ANY_COUNT), unique_desc=True)),),
+            read_tfds,
+        ),
         Source(
             "rclip-bench",
             (Output("", "rclip-bench", _BENCH, eval_only=True),),
