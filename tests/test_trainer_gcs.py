@@ -157,3 +157,8 @@ def test_a_bucket_run_keeps_its_best_and_exports_encodes_evaluates_from_it(
     assert paths.Path(gcs.uri("release", "hf", convert.PROVENANCE_FILE)).is_file()
     convert.export_weights("openai", f"{workdir}/best", gcs.uri("release", "w.safetensors"))
     assert paths.Path(gcs.uri("release", "w.safetensors.provenance.json")).is_file()
+    # import: an HF directory in the bucket into a checkpoint in the bucket, the same weights.
+    back = gcs.uri("release", "back")
+    convert.import_weights("hf", gcs.uri("release", "hf"), back)
+    params.pop("image_category_head"), params.pop("text_category_head")  # export drops them
+    jax.tree.map(np.testing.assert_array_equal, checkpoint.load_model(back)[0], params)
