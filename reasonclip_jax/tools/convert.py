@@ -16,6 +16,9 @@ plain state dict does not show its attention heads or activation, so it needs `-
 (open_clip's name, `models/open_clip_archs.py`) or `--vision-heads/--text-heads/--act`.
 Safetensors are read and written without torch; only `.pt`/`.bin` files need it.
 
+Inputs and outputs may be in a bucket (`gs://...`): checkpoints through orbax, other files
+through `reasonclip_jax.paths` (an export is written locally, then copied into place).
+
 Export takes a model checkpoint, a run's `best/` or a trainer workdir (its latest step) and
 writes, beside the weights, where they came from (`PROVENANCE_FILE` in an HF directory,
 `<file>.provenance.json` beside an OpenAI file): the checkpoint, its step, the selection

@@ -7,7 +7,8 @@ Writes L2-normalised `image_embeds` [num_images, D] and `text_embeds` [num_texts
 (one text per line of the file) and `logit_scale` (the exponentiated scale). Images are
 preprocessed as OpenAI CLIP does: bicubic resize of the short side, centre crop, then the
 model family's mean/std. Texts go through the model's tokenizer (a SigLIP checkpoint's
-files: `--tokenizer`, by default its own `tokenizer/`).
+files: `--tokenizer`, by default its own `tokenizer/`). Every path may be in a bucket
+(`gs://...`).
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ README), DIR its data_dir, and KEY=VALUE sets any other
 argument of that evaluator's `evaluate` (split, max_examples, caption_field, version) or
 `name`, the metric prefix (default TYPE). `--output` writes the metrics as JSON.
 
+`--checkpoint` and `--output` may be in a bucket (`gs://...`); the evaluation data is read
+from a local path (a bucket through a Cloud Storage FUSE mount).
+
 RCLIP-Bench with `--output metrics.json` also writes its per-set results beside it:
 `metrics.items.jsonl` (every set: official id, image_name, tag, set index, chosen index, the 5
 cosines and the 5 scores in the release's units, exp(logit_scale) x cosine, correct) and
