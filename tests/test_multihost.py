@@ -191,6 +191,7 @@ def test_two_process_evaluation_equals_one_process(scenes, one_process_run, tmp_
         assert metrics_two[key] == pytest.approx(value, abs=1e-9), key
 
 
+@pytest.mark.slow
 def test_multi_slice_mesh_with_processes_as_slices_equals_one(scenes, one_process_run,
                                                                tmp_path):
     # Each process stands in for a slice: data crosses them (DCN), fsdp stays within each.
