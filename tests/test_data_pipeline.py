@@ -245,6 +245,38 @@ def test_two_worker_processes_write_the_same_bytes(mixed, tmp_path):
     assert files_of(out) == files_of(mixed["out"])
 
 
+@pytest.mark.gcs
+def test_a_bucket_build_equals_the_disk_build(mixed, gcs):
+    """Input, images and output in a bucket, through Beam's GCS IO (the emulator)."""
+    from gcs_emulator import upload_tree
+
+    upload_tree(gcs, str(mixed["dir"]), "raw", skip=("out",))
+    out = gcs.uri("shards", "mixed")
+    argv = [*MIXED_ARGS, "--input", gcs.uri("raw", "*.jsonl"), "--output", out]
+    manifest = build.run(argv)[out]
+    local = files_of(mixed["out"])
+    remote = {name[len("shards/mixed/"):]: gcs.read(name) for name in gcs.objects("shards/mixed/")}
+    assert sorted(remote) == sorted(local)  # nothing else: no temporary objects left
+    for name in local:
+        if name not in (write.MANIFEST, write.REJECTED):
+            assert remote[name] == local[name], name  # byte-identical shards
+    # The same manifest but for where its input was; the same rejections but one: a bucket
+    # has no directories, so `images/adir.jpg` is a missing file there.
+    local_manifest = json.loads(local[write.MANIFEST])
+    assert manifest["options"].pop("input") == gcs.uri("raw", "*.jsonl")
+    local_manifest["options"].pop("input")
+    moved = {process.UNREADABLE_FILE: -1, process.MISSING_FILE: +1}
+    for reason, change in moved.items():
+        local_manifest["rejections"][reason] = local_manifest["rejections"].get(reason, 0) + change
+    local_manifest["rejections"] = {k: v for k, v in local_manifest["rejections"].items() if v}
+    assert manifest == local_manifest
+    rejected = [json.loads(line) for line in remote[write.REJECTED].splitlines()]
+    expected = [json.loads(line) for line in local[write.REJECTED].splitlines()]
+    assert [(r["location"], r["reason"]) for r in rejected] == [
+        (r["location"], process.MISSING_FILE if r["location"] == "rows.jsonl:4" else r["reason"])
+        for r in expected]
+
+
 # ----------------------------------------------------------------------------------------------
 # The other sources.
 # ----------------------------------------------------------------------------------------------
