@@ -60,10 +60,12 @@ class SmallCNN(nn.Module):
 
 class TinyClipTower(nn.Module):
     image_size: int
+    overrides: tuple = ()  # (field, value) pairs of the tiny preset to replace
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
-        clip = CLIP(get_preset("tiny", image_size=self.image_size), name="clip")
+        config = get_preset("tiny", image_size=self.image_size, **dict(self.overrides))
+        clip = CLIP(config, name="clip")
         return clip.encode_image(images)  # the projected, unnormalised image embedding
 
 
@@ -122,14 +124,23 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--train-scenes", type=int, default=2000)
     parser.add_argument("--test-scenes", type=int, default=500)
+    parser.add_argument("--vit", action="append", default=[],
+                        help="a ViT variant as FIELD=VALUE,... of the tiny preset "
+                             "(e.g. patch_size=4); repeatable; the tiny preset always runs")
+    parser.add_argument("--no-cnn", action="store_true", help="skip the CNN")
     args = parser.parse_args()
     data = {"train": load(args.train_scenes, 0, args.image_size),
             "test": load(args.test_scenes, 1, args.image_size)}
     chance = float(np.mean([1 / len(scenes.FAMILIES[f].states) for f in data["test"][1].ravel()]))
     print(f"state given family, {args.test_scenes} held-out scenes x 3 facts, chance "
           f"{chance:.3f}; {args.steps} steps of {args.batch}, AdamW {args.lr:g}")
-    for name, backbone in (("tiny CLIP ViT", TinyClipTower(args.image_size)),
-                           ("small CNN", SmallCNN())):
+    variants = [("tiny CLIP ViT", TinyClipTower(args.image_size))]
+    for spec in args.vit:
+        overrides = tuple((k, int(v)) for k, v in (kv.split("=") for kv in spec.split(",")))
+        variants.append((f"ViT {spec}", TinyClipTower(args.image_size, overrides)))
+    if not args.no_cnn:
+        variants.append(("small CNN", SmallCNN()))
+    for name, backbone in variants:
         r = probe(backbone, data, args.steps, args.batch, args.lr)
         print(f"  {name:14s} accuracy {r['accuracy']:.3f}  train loss {r['train_loss']:.3f}  "
               f"{r['params']:,} params  {r['seconds']:.0f} s", flush=True)

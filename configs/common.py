@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 42
     c.distributed = False  # True: jax.distributed.initialize() auto-detects the cluster
     c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1 takes the remaining devices
+    # Several TPU slices: the data axis split over them (dcn.data=S, or -1 for all); the
+    # sizes above are then those within one slice (parallel/sharding.py).
+    c.mesh.dcn = dict(data=1)
     c.num_devices = -1  # -1: every device of every process; N: the first N
     c.stage = "stage1"  # a key of train/stages.py STAGES: stage0 | stage1 | stage2
     c.total_steps = 1000

@@ -60,7 +60,7 @@ def get_config(arg: str = "/tmp/scenes"):
     # Batches of whole sibling groups (data_pipeline.build --scene-group-size 8): other
     # states of a caption's family are in its batch.
     c.input.group_size = 8
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn=dict(data=1))
     # From scratch, so larger learning rates than the continual-pretraining recipe.
     # Stage 2 continues at a lower tower rate: at 1e-3 its category captions pull the towers
     # off descriptive alignment (held-out retrieval R@1 0.31 -> 0.09 in 300 steps; 0.20 at 3e-4).

@@ -5,6 +5,8 @@
     python -m data_pipeline.build --source scenes --num-scenes 1000 --seed 0 --output out/scenes
     python -m data_pipeline.build --source rclip-bench --input rclip_5k_v3.jsonl \\
         --image-root data/docci_images/images --output out/rclip_v3
+    python -m data_pipeline.build --source tfds --input ~/tensorflow_datasets \\
+        --tfds-dataset coco_captions --tfds-caption-key captions/text --output out/coco
     # any Beam pipeline option goes along, e.g. two local worker processes:
     python -m data_pipeline.build ... --direct_num_workers=2 --direct_running_mode=multi_processing
 
@@ -16,7 +18,8 @@ The graph, per output directory (`scenes` has three: stage1/, stage2/, bench/):
                                                +-> rejections -----------------+-> manifest.json
                                count rows -------------------------------------+   rejected.jsonl
 
-Input and output are local paths (DirectRunner, or workers sharing a filesystem). See
+Input, images and output are local paths or bucket URLs (`gs://...`): every file goes through
+Beam's FileSystems (`filesystem.py`), so the same command runs on Dataflow. See
 `sources.py` for the input formats and where image paths point, `process.py` for what is
 checked, `write.py` for the layout. Evaluation outputs (rclip-bench, scenes' bench/) store each
 image file's bytes as they are, with no size floor; training outputs store resized JPEGs
@@ -26,14 +29,15 @@ unless --keep-image-bytes.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from data_pipeline import process, sources, stats, write
-from reasonclip_jax.data.records import encode_record, natural_key, read_manifest
+from data_pipeline import filesystem, process, sources, stats, write
+from reasonclip_jax.data.records import encode_record, natural_key
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.tools import cli
 
@@ -95,10 +99,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="scenes: held-out benchmark scenes (default: as many as --num-scenes)")
     p.add_argument("--seed", type=int, default=0, help="scenes: random seed")
     p.add_argument("--image-size", type=int, default=64, help="scenes: image side in pixels")
+    p.add_argument("--tfds-dataset", metavar="NAME[/CONFIG][:VERSION]",
+                   help="tfds: the dataset, prepared as ArrayRecord in --input (its data_dir)")
+    p.add_argument("--tfds-split", default="train", help="tfds: the split ('train[:1000]')")
+    p.add_argument("--tfds-image-key", default="image", help="tfds: the Image feature")
+    p.add_argument("--tfds-caption-key", default="caption",
+                   help="tfds: the captions: a Text feature, a Sequence of them, or a ClassLabel")
+    p.add_argument("--tfds-label-template", default="a photo of a {}.",
+                   help="tfds: the caption of a ClassLabel, its name in place of {}")
     p.add_argument("--scene-group-size", type=int, default=1,
                    help="scenes: training scenes in sibling groups of this size (the same "
                         "families in other states), written next to each other for "
                         "input.group_size")
+    p.add_argument("--scene-jitter", action="store_true",
+                   help="scenes: vary each fact's size and offset within its slot (default: "
+                        "every fact fills its third of the image, aligned to the ViT patches "
+                        "when the image size divides by 3 x the patch size)")
     return p
 
 
@@ -129,9 +145,13 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     ):
         if value < lo or (hi is not None and value > hi):
             raise UserError(f"{flag} {value}: must be in [{lo}, {hi if hi is not None else 'inf'})")
+    if args.tfds_label_template.count("{}") != 1 or "{" in args.tfds_label_template.replace(
+            "{}", "", 1):
+        raise UserError(f"--tfds-label-template {args.tfds_label_template!r}: must hold one {{}}")
     if not 0.0 <= args.validation_fraction < 1.0:
         raise UserError(f"--validation-fraction {args.validation_fraction}: must be in [0, 1)")
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
+    if (not filesystem.is_remote(args.output) and os.path.exists(args.output)
+            and not os.path.isdir(args.output)):
         raise UserError(f"--output {args.output}: exists and is not a directory")
     return args, beam_args
 
@@ -314,9 +334,16 @@ def manifest_header(
                        min_size=image.min_size, max_pixels=image.max_pixels)
     if source.name == "webdataset":
         options["json_caption_fields"] = args.json_caption_fields
+    if source.name == "tfds":
+        options.update(tfds_dataset=args.tfds_dataset, tfds_split=args.tfds_split,
+                       tfds_image_key=args.tfds_image_key,
+                       tfds_caption_key=args.tfds_caption_key,
+                       tfds_label_template=args.tfds_label_template)
     if source.name == "scenes":
         options.update(num_scenes=args.num_scenes, num_bench_scenes=_num_bench(args),
                        seed=args.seed, image_size=args.image_size)
+        if args.scene_jitter:
+            options["scene_jitter"] = True
         if args.scene_group_size > 1 and not output.eval_only:
             options["scene_group_size"] = args.scene_group_size
             return {"source": output.name, "options": options,
@@ -331,6 +358,7 @@ def _num_bench(args: argparse.Namespace) -> int:
 def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Runs the pipeline; returns each written directory's manifest, keyed by directory."""
     args, beam_args = parse_args(argv)
+    logging.getLogger().addFilter(_BIGQUERY_NOTICE)  # once: the same filter is not added twice
     source = sources.SOURCES[args.source]
     config = sources.SourceConfig(
         image_root=args.image_root,
@@ -343,6 +371,12 @@ def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
         seed=args.seed,
         image_size=args.image_size,
         scene_group_size=args.scene_group_size,
+        scene_jitter=args.scene_jitter,
+        tfds_dataset=args.tfds_dataset or "",
+        tfds_split=args.tfds_split,
+        tfds_image_key=args.tfds_image_key,
+        tfds_caption_key=args.tfds_caption_key,
+        tfds_label_template=args.tfds_label_template,
     )
     if args.num_scenes % args.scene_group_size:
         raise UserError(f"--num-scenes {args.num_scenes} is not a multiple of "
@@ -350,11 +384,11 @@ def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
     units = sources.list_units(source, args.input, config)
     _check_beam_args(beam_args)
     directories = {
-        o.subdir: os.path.join(args.output, o.subdir) if o.subdir else args.output
+        o.subdir: filesystem.join(args.output, o.subdir) if o.subdir else args.output
         for o in source.outputs
     }
     for d in directories.values():
-        os.makedirs(d, exist_ok=True)
+        filesystem.mkdirs(d)
 
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -381,7 +415,18 @@ def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
                 manifest_header(args, source, output),
             )
 
-    return {d: read_manifest(d) for d in directories.values()}
+    return {d: write.read_manifest(d) for d in directories.values()}
+
+
+class _NoBigQueryNotice(logging.Filter):
+    """Beam tells the root logger that its BigQuery client is missing whenever google-cloud
+    is installed without apitools (Beam's gcp extra); the build never uses BigQuery."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("apitools not found")
+
+
+_BIGQUERY_NOTICE = _NoBigQueryNotice()
 
 
 def _is_for(row: process.RawRow, subdir: str) -> bool:

@@ -41,6 +41,7 @@ from typing import Any
 
 from PIL import ExifTags, Image, ImageOps
 
+from data_pipeline import filesystem
 from reasonclip_jax.data.records import CATEGORIES, Record
 from reasonclip_jax.evaluators.common import decode_image
 
@@ -373,12 +374,12 @@ def read_image_bytes(row: RawRow) -> bytes:
         raise _Reject(MISSING_FILE, "row names no image")
     else:
         try:
-            with open(row.image_path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError as e:
-            raise _Reject(MISSING_FILE, row.image_path) from e
-        except OSError as e:
-            raise _Reject(UNREADABLE_FILE, f"{row.image_path}: {e.strerror or e}") from e
+            data = filesystem.read_bytes(row.image_path)
+        except Exception as e:  # a disk's OSError, a bucket's API errors
+            if filesystem.is_missing(e):
+                raise _Reject(MISSING_FILE, row.image_path) from e
+            detail = e.strerror if isinstance(e, OSError) and e.strerror else e
+            raise _Reject(UNREADABLE_FILE, _short(f"{row.image_path}: {detail}")) from e
     if not data:
         raise _Reject(ZERO_BYTES, row.image_path or "")
     return data

@@ -16,6 +16,14 @@ data lives. Reading never raises: a file that cannot be read becomes one row car
                     text, version, sets, image{bytes,path}; or jsonl:   image_name, text, version
                     id, image_path, text, version, sets                 (split "test")
     scenes          synthetic (data_pipeline.synthetic); three outputs  stage1/, stage2/, bench/
+    tfds            a TFDS dataset prepared as ArrayRecord in --input   desc
+                    (its data_dir): --tfds-image-key, and a Text,
+                    Sequence(Text) or ClassLabel --tfds-caption-key
+
+A TFDS dataset is read with `tfds.data_source` (no TensorFlow), in units of
+EXAMPLES_PER_UNIT examples, each row keyed "DATASET/SPLIT:INDEX"; a class label becomes the
+caption `--tfds-label-template` ("a photo of a {}.") of its name. Its data_dir is read by
+array_record's own reader: a local path, or a bucket mounted with Cloud Storage FUSE.
 
 Where an image path points (`resolve_image_path`; ROOT is --image-root, or else the input
 file's directory):
@@ -45,7 +53,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import glob
+import functools
 import io
 import json
 import os
@@ -53,6 +61,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from data_pipeline import filesystem
 from data_pipeline.process import (
     ANY_COUNT,
     MALFORMED,
@@ -65,6 +74,7 @@ from reasonclip_jax.data import webdataset
 from reasonclip_jax.errors import UserError
 
 SCENES_PER_UNIT = 32
+EXAMPLES_PER_UNIT = 256  # tfds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +89,12 @@ class SourceConfig:
     scene_group_size: int = 1  # training scenes come in sibling groups of this size
     seed: int = 0
     image_size: int = 64
+    scene_jitter: bool = False  # facts vary in size and offset within their slots
+    tfds_dataset: str = ""  # "name[/config][:version]"
+    tfds_split: str = "train"  # any TFDS split string ("train[:1000]")
+    tfds_image_key: str = "image"
+    tfds_caption_key: str = "caption"
+    tfds_label_template: str = "a photo of a {}."  # a ClassLabel caption feature's caption
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,26 +142,12 @@ def list_units(source: Source, pattern: str | None, config: SourceConfig) -> lis
         ]
     if not pattern:
         raise UserError(f"--source {source.name} needs --input PATH_OR_GLOB")
-    if os.path.isdir(pattern):
-        root = pattern
-        paths = [
-            os.path.join(dirpath, f)
-            for dirpath, _, files in os.walk(pattern)
-            for f in files
-            if f.endswith(source.extensions)
-        ]
-    else:
-        root = _glob_root(pattern)
-        paths = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+    if source.name == "tfds":
+        return _tfds_units(pattern, config)
+    root, paths = filesystem.list_inputs(pattern, source.extensions)
     if not paths:
         raise UserError(f"--input {pattern}: no {source.name} input files there")
-    return [Unit(path=p, name=os.path.relpath(p, root)) for p in sorted(paths)]
-
-
-def _glob_root(pattern: str) -> str:
-    """The directory part of a glob before its first wildcard."""
-    head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
-    return head if head.endswith(os.sep) else os.path.dirname(head) or "."
+    return [Unit(path=p, name=filesystem.relative(p, root)) for p in sorted(paths)]
 
 
 def resolve_image_path(
@@ -154,6 +156,8 @@ def resolve_image_path(
     """Where an image path of the input points (the rules of the module docstring); raises
     ValueError for a path outside `strip`."""
     root = input_dir if image_root is None else image_root
+    if "://" in path and strip is None:  # a URL (gs://...) is absolute
+        return path if image_root is None else os.path.join(image_root, path.rsplit("/", 1)[1])
     if strip is not None:
         rest = os.path.relpath(os.path.normpath(path), os.path.normpath(strip))
         if os.path.isabs(path) != os.path.isabs(strip) or rest.split(os.sep)[0] == os.pardir:
@@ -192,10 +196,11 @@ def _parquet_rows(unit: Unit) -> Iterator[tuple[int, dict[str, Any]] | RawRow]:
 
     index = 0
     try:
-        for batch in pq.ParquetFile(unit.path).iter_batches(batch_size=64):
-            for row in batch.to_pylist():
-                yield index, row
-                index += 1
+        with filesystem.open_read(unit.path) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=64):
+                for row in batch.to_pylist():
+                    yield index, row
+                    index += 1
     except Exception as e:
         yield _unreadable(unit, index, e)
 
@@ -203,7 +208,7 @@ def _parquet_rows(unit: Unit) -> Iterator[tuple[int, dict[str, Any]] | RawRow]:
 def _jsonl_rows(unit: Unit) -> Iterator[tuple[int, dict[str, Any]] | RawRow]:
     index = 0
     try:
-        with open(unit.path, "rb") as f:
+        with filesystem.open_read(unit.path) as f:
             for index, line in enumerate(f):
                 if not line.strip():
                     continue
@@ -356,9 +361,10 @@ def read_webdataset(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
     """Samples are consecutive members sharing a key, as webdataset writes them."""
     done = 0
     try:
-        for key, files in webdataset.iter_tar(unit.path):
-            yield _webdataset_row(key, files, unit, config)
-            done += 1
+        with filesystem.open_read(unit.path) as f:
+            for key, files in webdataset.iter_tar(f):
+                yield _webdataset_row(key, files, unit, config)
+                done += 1
     except Exception as e:  # truncated or corrupt tar: the sample being read is lost with it
         yield _unreadable(unit, done, e)
 
@@ -379,7 +385,8 @@ def read_scenes(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
         try:
             held_out = index >= config.num_scenes
             group_size = 1 if held_out else config.scene_group_size
-            scene = scenes.make_scene(index, config.seed, config.image_size, group_size)
+            scene = scenes.make_scene(index, config.seed, config.image_size, group_size,
+                                      config.scene_jitter)
             png = io.BytesIO()
             scene.image.save(png, "PNG")
         except Exception as e:
@@ -418,6 +425,57 @@ def read_scenes(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
 
 
 # ----------------------------------------------------------------------------------------------
+# TFDS datasets.
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _tfds_split(data_dir: str, dataset: str, split: str, image_key: str) -> Any:
+    """The split, opened once per process (workers read many units of it)."""
+    from reasonclip_jax.data import tfds_source
+
+    return tfds_source.open_split(dataset, split, data_dir, encoded=[image_key])
+
+
+def _tfds_units(data_dir: str, config: SourceConfig) -> list[Unit]:
+    """Ranges of example indices; the dataset, split and features are checked here, once."""
+    from reasonclip_jax.data import tfds_source
+
+    if not config.tfds_dataset:
+        raise UserError("--source tfds needs --tfds-dataset NAME[/CONFIG][:VERSION] (and "
+                        "--input, the directory it is prepared in)")
+    split = _tfds_split(data_dir, config.tfds_dataset, config.tfds_split, config.tfds_image_key)
+    tfds_source.read_images(split, config.tfds_image_key)
+    tfds_source.text_feature_kind(split, config.tfds_caption_key)
+    name = f"{config.tfds_dataset}/{config.tfds_split}"
+    return [Unit(path=data_dir, name=name, start=i, stop=min(i + EXAMPLES_PER_UNIT, len(split)))
+            for i in range(0, len(split), EXAMPLES_PER_UNIT)]
+
+
+def read_tfds(unit: Unit, config: SourceConfig) -> Iterator[RawRow]:
+    """One row per example: its image bytes as stored, its captions as `desc`."""
+    from reasonclip_jax.data import tfds_source
+
+    done = 0
+    try:
+        split = _tfds_split(unit.path, config.tfds_dataset, config.tfds_split,
+                            config.tfds_image_key)
+        for index, image, example in tfds_source.read_images(
+                split, config.tfds_image_key, unit.start, unit.stop):
+            key = f"{unit.name}:{index}"
+            try:
+                captions = tfds_source.texts(split, example, config.tfds_caption_key,
+                                             config.tfds_label_template)
+            except (IndexError, TypeError, ValueError) as e:  # a label outside its names
+                yield RawRow(key=key, error=(MALFORMED, f"{config.tfds_caption_key}: {e}"[:200]))
+                continue
+            yield RawRow(key=key, image_bytes=image, fields={"desc": captions})
+            done += 1
+    except Exception as e:
+        yield _unreadable(unit, done, e)
+
+
+# ----------------------------------------------------------------------------------------------
 # The registry.
 # ----------------------------------------------------------------------------------------------
 
@@ -442,6 +500,11 @@ SOURCES: dict[str, Source] = {
             (".tar",),
         ),
         Source("jsonl", (Output("", "jsonl", Schema()),), read_jsonl, (".jsonl",)),
+        Source(
+            "tfds",
+            (Output("", "tfds", Schema(desc=(1, ANY_COUNT), unique_desc=True)),),
+            read_tfds,
+        ),
         Source(
             "rclip-bench",
             (Output("", "rclip-bench", _BENCH, eval_only=True),),

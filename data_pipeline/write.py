@@ -10,6 +10,10 @@ hard-negative group (`Record.group`) are placed by a hash of the group instead, 
 A split that has records gets all N of its shard files (some possibly empty); shard files of
 an earlier run that this run does not produce (another N, a split now empty) are removed.
 
+Every file is written through Beam's FileSystems (`filesystem.py`), so the output directory can
+be a bucket. A shard is built in a worker-local temporary file (ArrayRecord writes a local file)
+and copied into place whole; a retried or duplicated bundle never leaves a half-written shard.
+
     python -c "from data_pipeline import write; print(write.place('0123abcd' * 4, 8, 0.2, False))"
 """
 
@@ -19,9 +23,11 @@ import collections
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterable
 from typing import Any
 
+from data_pipeline import filesystem
 from reasonclip_jax.data import records
 
 SHARD_OPTIONS = "group_size:1"  # one record per chunk: random access for Grain
@@ -50,13 +56,6 @@ def order_key(record_id: str, group: str) -> str:
     return f"{group}\0{record_id}" if group else record_id
 
 
-def _replace(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def write_shard(
     directory: str, split: str, shard: int, num_shards: int, items: Iterable[tuple[str, bytes]]
 ) -> str:
@@ -65,13 +64,13 @@ def write_shard(
     from array_record.python.array_record_module import ArrayRecordWriter
 
     name = records.shard_name(split, shard, num_shards)
-    path = os.path.join(directory, name)
-    tmp = f"{path}.tmp"  # a retried or crashed attempt never leaves a half-written shard
-    writer = ArrayRecordWriter(tmp, SHARD_OPTIONS)
-    for _, data in sorted(items, key=lambda item: item[0]):
-        writer.write(data)
-    writer.close()
-    os.replace(tmp, path)
+    with tempfile.TemporaryDirectory(prefix="shard-") as local:
+        tmp = os.path.join(local, name)
+        writer = ArrayRecordWriter(tmp, SHARD_OPTIONS)
+        for _, data in sorted(items, key=lambda item: item[0]):
+            writer.write(data)
+        writer.close()
+        filesystem.put_file(tmp, filesystem.join(directory, name))
     return name
 
 
@@ -99,17 +98,17 @@ def finalize(
     expected = {records.shard_name(s, i, num_shards) for s in splits for i in range(num_shards)}
     for name in sorted(expected - set(written)):
         write_shard(directory, *_parse_shard_name(name), items=())
-    for path in records.shard_paths(directory, "*"):
-        if os.path.basename(path) not in expected:
-            os.remove(path)
+    shards = filesystem.match(filesystem.join(directory, records.shard_pattern("*")))
+    filesystem.delete(p for p in shards if p.rsplit("/", 1)[-1] not in expected)
+    filesystem.remove_temporaries(directory)
 
     rejections = sorted(
         rejections,
         key=lambda r: (records.natural_key(r["location"]), r.get("set", -1), r["reason"],
                        r["detail"]),
     )
-    _replace(
-        os.path.join(directory, REJECTED),
+    filesystem.write_bytes(
+        filesystem.join(directory, REJECTED),
         b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in rejections),
     )
     reasons = collections.Counter(r["reason"] for r in rejections)
@@ -124,11 +123,16 @@ def finalize(
         "rejections": dict(sorted(reasons.items())),
         **summary,
     }
-    _replace(
-        os.path.join(directory, MANIFEST),
+    filesystem.write_bytes(
+        filesystem.join(directory, MANIFEST),
         json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n",
     )
     return manifest
+
+
+def read_manifest(directory: str) -> dict[str, Any]:
+    """The manifest.json a build wrote into `directory`."""
+    return json.loads(filesystem.read_bytes(filesystem.join(directory, MANIFEST)))
 
 
 def _parse_shard_name(name: str) -> tuple[str, int, int]:

@@ -56,3 +56,13 @@ def random_tokens(rng: np.random.Generator, batch: int, length: int = 77) -> np.
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A Cloud Storage emulator on 127.0.0.1 serving `gs://bucket` (tests/gcs_emulator.py);
+    its environment stays set for the session (tensorstore reads it once per process)."""
+    from gcs_emulator import GcsEmulator
+
+    with GcsEmulator() as emulator:
+        yield emulator

@@ -3,6 +3,7 @@
     python -m pytest tests/test_checkpoint.py
 """
 
+import json
 import os
 
 import flax.linen as nn
@@ -99,25 +100,79 @@ def test_best_survives_a_resume_and_only_strictly_better_replaces_it(tiny, tmp_p
     assert resumed.value == 0.5
     assert not resumed.update(30, {"validation/loss": 0.7}, _perturbed(params, 2.0), config)
     assert not resumed.update(40, {"validation/loss": 0.5}, _perturbed(params, 3.0), config)
-    assert checkpoint.read_best_metric(best_dir) == {"step": 10, "validation/loss": 0.5}
+    assert checkpoint.read_best_metric(best_dir) == {"step": 10, "validation/loss": 0.5,
+                                                     "mode": "min"}
     assert_trees_equal(checkpoint.load_model(best_dir)[0], params)
     assert resumed.update(50, {"validation/loss": 0.25}, _perturbed(params, 4.0), config)
-    assert checkpoint.read_best_metric(best_dir) == {"step": 50, "validation/loss": 0.25}
+    assert checkpoint.read_best_metric(best_dir) == {"step": 50, "validation/loss": 0.25,
+                                                     "mode": "min"}
     assert_trees_equal(checkpoint.load_model(best_dir)[0], _perturbed(params, 4.0))
-    assert sorted(os.listdir(tmp_path)) == ["best"]  # no temporary or old copies left
+    assert sorted(os.listdir(tmp_path)) == ["best"]
+    assert os.listdir(best_dir) == ["50"]  # no older best left
+    assert checkpoint.resolve_step_dir(best_dir) == os.path.join(best_dir, "50")
     assert "step 50, best by validation/loss=0.25" in checkpoint.describe(best_dir)
     with pytest.raises(UserError, match="best_mode 'lowest'"):
         checkpoint.BestCheckpoint(best_dir, "validation/loss", "lowest")
 
 
-def test_a_replacement_cut_between_its_renames_keeps_the_previous_best(tiny, tmp_path):
+def test_a_replacement_cut_short_keeps_a_finished_best(tiny, tmp_path):
     params, config = tiny
     best_dir = str(tmp_path / "best")
-    checkpoint.BestCheckpoint(best_dir, "acc", "max").update(3, {"acc": 0.4}, params, config)
-    os.replace(best_dir, best_dir + ".old")  # killed after the first rename
-    # Readers resolve RUN/best to the previous best; the next run puts it back.
-    assert checkpoint.resolve_step_dir(best_dir) == best_dir + ".old"
-    assert_trees_equal(checkpoint.load_model(best_dir)[0], params)
+    checkpoint.BestCheckpoint(best_dir, "loss", "min").update(100, {"loss": 0.5}, params, config)
+    # A resumed run found a better value at an earlier step and was killed after saving it,
+    # before deleting step 100; and a later save was torn (orbax's temporary directory).
+    checkpoint.save_model(os.path.join(best_dir, "90"), _perturbed(params, 1.0), config,
+                          best={"step": 90, "loss": 0.4, "mode": "min"})
+    os.makedirs(os.path.join(best_dir, "120.orbax-checkpoint-tmp-1234", "params"))
+    # Readers take the best value, not the latest step; so does the next run.
+    assert checkpoint.resolve_step_dir(best_dir) == os.path.join(best_dir, "90")
+    assert_trees_equal(checkpoint.load_model(best_dir)[0], _perturbed(params, 1.0))
+    resumed = checkpoint.BestCheckpoint(best_dir, "loss", "min")
+    assert resumed.value == 0.4
+    assert resumed.update(130, {"loss": 0.3}, _perturbed(params, 2.0), config)
+    assert os.listdir(best_dir) == ["130"]  # the older bests and the torn save are gone
+
+
+def test_a_best_written_before_best_held_steps_is_read_and_replaced(tiny, tmp_path):
+    params, config = tiny
+    best_dir = str(tmp_path / "best")
+    checkpoint.save_model(best_dir, params, config)  # the earlier layout: best/ itself
+    with open(os.path.join(best_dir, "best_metric.json"), "w") as f:
+        json.dump({"step": 7, "acc": 0.4}, f)
+    assert checkpoint.resolve_step_dir(best_dir) == best_dir
+    assert "step 7, best by acc=0.4" in checkpoint.describe(best_dir)
     resumed = checkpoint.BestCheckpoint(best_dir, "acc", "max")
-    assert resumed.value == 0.4 and os.path.isdir(best_dir)
-    assert not os.path.exists(best_dir + ".old")
+    assert resumed.value == 0.4
+    assert not resumed.update(8, {"acc": 0.3}, _perturbed(params, 1.0), config)
+    assert resumed.update(9, {"acc": 0.6}, _perturbed(params, 1.0), config)
+    assert os.listdir(best_dir) == ["9"]
+    assert_trees_equal(checkpoint.load_model(best_dir)[0], _perturbed(params, 1.0))
+
+
+
+@pytest.mark.gcs
+def test_in_a_bucket_a_save_cut_before_its_commit_marker_is_never_taken(tiny, gcs):
+    params, config = tiny
+    best_dir = gcs.uri("ckpt-test", "best")
+    best = checkpoint.BestCheckpoint(best_dir, "loss", "min")
+    assert best.update(10, {"loss": 0.5}, params, config)
+    with gcs.refusing("ckpt-test/best/20/commit_success.txt"), pytest.raises(Exception):  # noqa: B017
+        best.update(20, {"loss": 0.25}, _perturbed(params, 1.0), config)
+    # Every item of step 20 is in the bucket, all but orbax's marker: not a finished step.
+    written = gcs.objects("ckpt-test/best/20/")
+    assert "ckpt-test/best/20/params/manifest.ocdbt" in written
+    assert "ckpt-test/best/20/model_config/metadata" in written
+    assert not checkpoint.finished(f"{best_dir}/20")
+    assert checkpoint.resolve_step_dir(best_dir) == f"{best_dir}/10"
+    assert_trees_equal(checkpoint.load_model(best_dir)[0], params)
+    resumed = checkpoint.BestCheckpoint(best_dir, "loss", "min")
+    assert resumed.value == 0.5
+    assert resumed.update(30, {"loss": 0.25}, _perturbed(params, 2.0), config)
+    assert {n.split("/")[2] for n in gcs.objects("ckpt-test/best/")} == {"30"}
+    assert_trees_equal(checkpoint.load_model(best_dir)[0], _perturbed(params, 2.0))
+
+    model = gcs.uri("ckpt-test", "model")
+    with gcs.refusing("ckpt-test/model/commit_success.txt"), pytest.raises(Exception):  # noqa: B017
+        checkpoint.save_model(model, params, config)
+    with pytest.raises(UserError, match="was not finished"):
+        checkpoint.load_model(model)

@@ -245,6 +245,38 @@ def test_two_worker_processes_write_the_same_bytes(mixed, tmp_path):
     assert files_of(out) == files_of(mixed["out"])
 
 
+@pytest.mark.gcs
+def test_a_bucket_build_equals_the_disk_build(mixed, gcs):
+    """Input, images and output in a bucket, through Beam's GCS IO (the emulator)."""
+    from gcs_emulator import upload_tree
+
+    upload_tree(gcs, str(mixed["dir"]), "raw", skip=("out",))
+    out = gcs.uri("shards", "mixed")
+    argv = [*MIXED_ARGS, "--input", gcs.uri("raw", "*.jsonl"), "--output", out]
+    manifest = build.run(argv)[out]
+    local = files_of(mixed["out"])
+    remote = {name[len("shards/mixed/"):]: gcs.read(name) for name in gcs.objects("shards/mixed/")}
+    assert sorted(remote) == sorted(local)  # nothing else: no temporary objects left
+    for name in local:
+        if name not in (write.MANIFEST, write.REJECTED):
+            assert remote[name] == local[name], name  # byte-identical shards
+    # The same manifest but for where its input was; the same rejections but one: a bucket
+    # has no directories, so `images/adir.jpg` is a missing file there.
+    local_manifest = json.loads(local[write.MANIFEST])
+    assert manifest["options"].pop("input") == gcs.uri("raw", "*.jsonl")
+    local_manifest["options"].pop("input")
+    moved = {process.UNREADABLE_FILE: -1, process.MISSING_FILE: +1}
+    for reason, change in moved.items():
+        local_manifest["rejections"][reason] = local_manifest["rejections"].get(reason, 0) + change
+    local_manifest["rejections"] = {k: v for k, v in local_manifest["rejections"].items() if v}
+    assert manifest == local_manifest
+    rejected = [json.loads(line) for line in remote[write.REJECTED].splitlines()]
+    expected = [json.loads(line) for line in local[write.REJECTED].splitlines()]
+    assert [(r["location"], r["reason"]) for r in rejected] == [
+        (r["location"], process.MISSING_FILE if r["location"] == "rows.jsonl:4" else r["reason"])
+        for r in expected]
+
+
 # ----------------------------------------------------------------------------------------------
 # The other sources.
 # ----------------------------------------------------------------------------------------------
@@ -563,6 +595,20 @@ def test_scenes_write_three_directories(tmp_path):
         for label, caption in s.cat_captions:
             r = stage2[f"{s.key}/{records.CATEGORIES[label]}"][1]
             assert (r.cat_caption, r.cat_label, r.image_labels) == (caption, label, s.image_labels)
+
+
+def test_scene_jitter_draws_the_jittered_scenes(tmp_path):
+    out = str(tmp_path / "out")
+    manifests = build.run(["--source", "scenes", "--num-scenes", "2", "--num-bench-scenes",
+                           "2", "--seed", "3", "--scene-jitter", "--output", out])
+    bench = read_back(os.path.join(out, "bench"))
+    for index in (2, 3):
+        png = io.BytesIO()
+        scene = scenes.make_scene(index, 3, 64, jitter=True)
+        scene.image.save(png, "PNG")
+        assert bench[scene.key][1].image == png.getvalue()
+        assert scene.image.tobytes() != scenes.make_scene(index, 3, 64).image.tobytes()
+    assert manifests[os.path.join(out, "bench")]["options"]["scene_jitter"] is True
 
 
 def test_scene_groups_are_written_next_to_each_other(tmp_path):

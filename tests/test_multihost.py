@@ -189,3 +189,28 @@ def test_two_process_evaluation_equals_one_process(scenes, one_process_run, tmp_
     assert metrics_one.keys() == metrics_two.keys() and metrics_one["bench/num_sets"] > 0
     for key, value in metrics_one.items():
         assert metrics_two[key] == pytest.approx(value, abs=1e-9), key
+
+
+@pytest.mark.slow
+def test_multi_slice_mesh_with_processes_as_slices_equals_one(scenes, one_process_run,
+                                                               tmp_path):
+    # Each process stands in for a slice: data crosses them (DCN), fsdp stays within each.
+    workdir = str(tmp_path / "slices")
+    command = [a for a in launcher_command(scenes, workdir, 6) if "mesh.data" not in a]
+    command += ["--config.mesh.dcn.data=2", "--config.mesh.data=1"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run(command, cwd=ROOT, env={**env, "PYTHONPATH": ROOT}, timeout=600,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert done.returncode == 0, done.stdout[-4000:]
+    for p in (0, 1):
+        assert (f"[p{p}] " in done.stdout and "mesh {'data': 2, 'fsdp': 4, 'tensor': 1} over "
+                "2 slices" in done.stdout)
+    losses = [m["loss"] for m in logged(workdir) if "loss" in m]
+    np.testing.assert_allclose(
+        losses, [m["loss"] for m in logged(one_process_run) if "loss" in m], rtol=1e-5)
+    assert_params_close(final_params(workdir), final_params(one_process_run))
+    # Data position 0 is process 0's devices: the first half of each global batch is its own.
+    p0, p1, ref = (record_indices(workdir, 0), record_indices(workdir, 1),
+                   record_indices(one_process_run, 0))
+    for step in range(1, 7):
+        assert sorted(p0[step] + p1[step]) == sorted(ref[step])

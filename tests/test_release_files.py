@@ -364,7 +364,8 @@ def test_provenance_of_best_weights(run_dir, tmp_path):
     _check_common(info, os.path.join(out, "model.safetensors"), "hf")
     source = info["source"]
     assert source["step"] == 4 and source["selection"] == {"metric": "val/loss", "value": 0.25}
-    assert source["checkpoint"] == source["resolved"] == str(run_dir / "best")
+    assert source["checkpoint"] == str(run_dir / "best")
+    assert source["resolved"] == str(run_dir / "best" / "4")
     assert source["workdir"] == str(run_dir)
     assert "step 4" in source["description"] and "val/loss=0.25" in source["description"]
     # This workdir was not written by the trainer, so it has no config.json: null, not guessed.

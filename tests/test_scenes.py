@@ -35,8 +35,8 @@ def captions(scene: scenes.Scene) -> tuple:
 # sha256 over scenes 0..59 of seed 0 at image_size 64: per scene its key, raw RGB pixels
 # (Image.tobytes) and all captions, labels and benchmark sets as sorted-key JSON. A change that
 # alters the data fails here; if the change is intended, recompute the value and say so in the
-# commit (last: reasoning captions of one fact each).
-GOLDEN_SHA256 = "780a5ed32672ae9a4250b4a11f5aab887ea72d8e7f6c82e17c0bf204cf32b9f9"
+# commit (last: facts fill their slots without jitter; reasoning captions state all three facts).
+GOLDEN_SHA256 = "5a4b373b8fc9a595dc673af915da31434c06ece524c4296aa4a75258a326317d"
 
 
 def test_scenes_are_byte_identical_to_the_golden_fingerprint():
@@ -191,12 +191,31 @@ def _spec_of(scene: scenes.Scene) -> scenes.SceneSpec:
                               random.Random(f"reasonclip-scenes/{group}"))
 
 
-def test_each_reasoning_caption_states_one_fact(batch):
-    # One fact per caption: two facts would name a family pair, which alone identifies the
-    # image in a batch, so the caption could be matched without reading any state.
+def test_each_reasoning_caption_states_every_fact_one_with_its_evidence(batch):
+    # Every caption carries all three states, so among siblings (the same families) only
+    # the states tell the captions apart; caption k leads with fact k and its evidence.
     for scene in batch:
         spec = scenes.sample_spec(scenes.scene_rng(int(scene.key.split("-")[2]), 11))
-        for text, fact in zip(scene.reason, spec.facts, strict=True):
-            assert fact.inference()[1:] in text
-            assert not any(other.inference()[1:] in text for other in spec.facts
-                           if other is not fact)
+        for k, text in enumerate(scene.reason):
+            assert all(f.inference()[1:] in text for f in spec.facts)
+            lead, rest = spec.facts[k], [f for f in spec.facts if f is not spec.facts[k]]
+            leads = [f"{lead.inference()}, because {lead.evidence()}",
+                     f"{lead.evidence()}, so {lead.inference()}"]
+            if not any(text.startswith(scenes.sentence(x)[:-1] + ";") for x in leads):
+                # too long with the evidence: the bare inferences, within the word limit
+                assert text.startswith(scenes.sentence(lead.inference())[:-1] + ";")
+                assert len(text.split()) + len(lead.evidence().split()) + 1 > 50
+            assert len(text.split()) <= scenes.MAX_REASON_WORDS
+            assert not any(f.evidence() in text for f in rest)
+
+
+def test_without_jitter_facts_fill_their_slots_alike():
+    fixed = [scenes.sample_spec(scenes.scene_rng(i, 4)) for i in range(20)]
+    jittered = [scenes.sample_spec(scenes.scene_rng(i, 4), jitter=True) for i in range(20)]
+    assert {(f.size, f.shift) for spec in fixed for f in spec.facts} == {(1.0, 0.0)}
+    assert len({(f.size, f.shift) for spec in jittered for f in spec.facts}) == 60
+    for a, b in zip(fixed, jittered, strict=True):  # only the placement differs
+        assert [dataclasses.replace(f, size=1.0, shift=0.0) for f in b.facts] == list(a.facts)
+    plain, moved = scenes.make_scene(3, 4), scenes.make_scene(3, 4, jitter=True)
+    assert captions(plain) == captions(moved)
+    assert plain.image.tobytes() != moved.image.tobytes()

@@ -30,6 +30,65 @@ def test_mesh_shape_fills_minus_one_and_rejects_bad_meshes():
         sharding.batch_size_per_shard(mesh, 6)
 
 
+class FakeDevice:
+    """What the multi-slice layout reads of a device: its id, process and (TPU) slice."""
+
+    platform = device_kind = "cpu"
+
+    def __init__(self, id: int, process_index: int, slice_index: int = 0):
+        self.id, self.process_index, self.slice_index = id, process_index, slice_index
+
+    def __repr__(self):
+        return f"d{self.id}"
+
+
+def _slices_along(grid, axis: int, slice_of) -> list[list[int]]:
+    """For each position along `axis`, the slices its devices are on."""
+    moved = np.moveaxis(grid, axis, 0)
+    return [sorted({slice_of(d) for d in moved[i].flat}) for i in range(moved.shape[0])]
+
+
+@pytest.mark.parametrize("by_process", [False, True], ids=["tpu_slices", "processes"])
+def test_multi_slice_grid_puts_the_data_axis_across_slices(by_process):
+    # 3 slices of 4 devices, listed interleaved; the slice is the device's slice_index (TPU)
+    # or its process (elsewhere), and the other attribute says nothing here.
+    devices = [FakeDevice(i, i % 3 if by_process else 0, 0 if by_process else i % 3)
+               for i in range(12)]
+    slice_of = functools.partial(sharding.slice_of, by_process=by_process)
+    grid = sharding.multi_slice_grid(dict(data=1, fsdp=2, tensor=2), dict(data=3), devices,
+                                     by_process)
+    assert grid.shape == (3, 2, 2)
+    # Each data position is one whole slice; fsdp and tensor never leave it.
+    assert _slices_along(grid, 0, slice_of) == [[0], [1], [2]]
+    for s in range(3):
+        assert sorted(d.id for d in grid[s].flat) == [i for i in range(12) if i % 3 == s]
+    # data within a slice too: each slice's block is contiguous along data.
+    grid = sharding.multi_slice_grid(dict(data=2, fsdp=2), dict(data=-1), devices, by_process)
+    assert grid.shape == (6, 2, 1)
+    assert _slices_along(grid, 0, slice_of) == [[0], [0], [1], [1], [2], [2]]
+
+
+def test_multi_slice_mistakes_are_one_line_errors():
+    devices = [FakeDevice(i, i // 4) for i in range(8)]
+    grid = functools.partial(sharding.multi_slice_grid, by_process=True)
+    with pytest.raises(UserError, match=r"only \('data',\) may span slices; \['tensor'\]"):
+        grid(dict(data=4), dict(tensor=2), devices)
+    with pytest.raises(UserError, match="mesh.dcn across 2 slices: .* needs 4 devices, only 2"):
+        grid(dict(data=2), dict(data=4), devices)
+    with pytest.raises(UserError, match="mesh within a slice of 4 devices: .* uses 2 of 4"):
+        grid(dict(data=2), dict(data=2), devices)
+    with pytest.raises(UserError, match="different numbers of devices"):
+        grid(dict(data=-1), dict(data=2), devices[:7])
+
+
+def test_one_slice_mesh_is_the_plain_mesh():
+    plain = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1))
+    assert sharding.make_mesh(dict(data=2, fsdp=4, tensor=1, dcn=dict(data=1))) == plain
+    # In one process (one slice) dcn.data=-1 spans that one slice.
+    mesh = sharding.make_mesh(dict(data=-1, fsdp=4, dcn=dict(data=-1)))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+
+
 def _param_shardings(mesh, config=None):
     model = CLIP(config or get_preset("tiny"))
     boxed = jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))

@@ -117,8 +117,8 @@ def test_stage2_from_stage1_adds_heads_evaluates_and_keeps_best(scenes, one_devi
         standalone["scenes_bench/accuracy"], abs=1e-9)
     params = final_params(workdir)
     assert params["text_category_head"]["kernel"].shape == (64, 5)
-    with open(os.path.join(workdir, "best", "best_metric.json")) as f:
-        assert json.load(f)["step"] == 3
+    assert checkpoint.read_best_metric(os.path.join(workdir, "best"))["step"] == 3
+    assert os.listdir(os.path.join(workdir, "best")) == ["3"]
     best, _ = checkpoint.load_model(os.path.join(workdir, "best"))
     jax.tree.map(np.testing.assert_array_equal, best, params)
     convert.export_weights("hf", workdir, str(tmp_path / "hf"))  # heads are dropped

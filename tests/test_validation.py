@@ -96,7 +96,8 @@ def test_held_out_loss_is_the_objective_on_the_validation_split(scenes, tmp_path
     np.testing.assert_allclose(last["validation/loss"], want, rtol=2e-5)
     # best/ holds the selected weights and says by what.
     best = checkpoint.read_best_metric(os.path.join(workdir, "best"))
-    assert best == {"step": config.total_steps, "validation/loss": last["validation/loss"]}
+    assert best == {"step": config.total_steps, "validation/loss": last["validation/loss"],
+                    "mode": "min"}
 
 
 def test_bad_validation_settings_are_one_line_errors(scenes, tmp_path):

@@ -7,7 +7,12 @@ of that family's states (5 or 6 of them). The state is the visible cue; it decid
 inference caption ("the water in the pot is boiling") but never the descriptive caption,
 which names only objects, colours and positions ("a red pot on a stove on the left").
 Descriptive matching therefore cannot tell the states apart, while a model that looks at
-the cue can.
+the cue can. Each reasoning caption states all three facts' inferences, one of them with
+its evidence; each category caption (stage 2) states one fact with its evidence.
+
+Every fact fills its third of the image at the same place (`jitter=True`, or
+`data_pipeline.build --scene-jitter`, varies its size and offset instead): at an image size
+divisible by 3 x P, each slot covers whole P-pixel ViT patches.
 
 Families, 4 per category (see FAMILIES; one module per category):
     S  ball_box, light_shadow, block_stack, overlap_depth
@@ -112,19 +117,24 @@ def scene_rng(index: int, seed: int) -> random.Random:
     return random.Random(f"reasonclip-scenes/{seed}/{index}")
 
 
-def sample_fact(rng: random.Random, family: Family, slot: int) -> FactSpec:
+def sample_fact(rng: random.Random, family: Family, slot: int, jitter: bool = False
+                ) -> FactSpec:
+    """A fact of `family` in `slot`: its state, colours and, with `jitter`, a random size
+    and offset within the slot (otherwise full size, centred)."""
     attrs: dict[str, str] = {}
     for name, palette in family.palettes.items():
         attrs[name] = rng.choice([c for c in palette if c not in attrs.values()])
-    return FactSpec(family.name, rng.randrange(len(family.states)), slot, attrs,
-                    size=rng.uniform(0.82, 1.0), shift=rng.uniform(-0.04, 0.04))
+    state = rng.randrange(len(family.states))
+    size, shift = rng.uniform(0.82, 1.0), rng.uniform(-0.04, 0.04)  # drawn either way
+    return FactSpec(family.name, state, slot, attrs, *((size, shift) if jitter else (1.0, 0.0)))
 
 
-def sample_spec(rng: random.Random, layout_rng: random.Random | None = None) -> SceneSpec:
+def sample_spec(rng: random.Random, layout_rng: random.Random | None = None,
+                jitter: bool = False) -> SceneSpec:
     """Three categories, one fact of each, in a random slot order; states are uniform.
     `layout_rng` (default `rng`) draws the categories, slots and families, `rng` the rest:
     scenes that share a layout rng are siblings, the same families in other states,
-    colours and rooms."""
+    colours and rooms. `jitter`: see sample_fact."""
     layout_rng = layout_rng or rng
     categories = sorted(layout_rng.sample(range(5), 3))
     slots = layout_rng.sample(range(3), 3)
@@ -133,7 +143,7 @@ def sample_spec(rng: random.Random, layout_rng: random.Random | None = None) -> 
         family = layout_rng.choice(
             [f for f in FAMILIES_BY_CATEGORY[category] if not f.nouns & nouns])
         nouns |= family.nouns
-        facts.append(sample_fact(rng, family, slot))
+        facts.append(sample_fact(rng, family, slot, jitter))
     return SceneSpec(rng.choice(sorted(WALLS)), rng.choice(sorted(FLOORS)), tuple(facts))
 
 
@@ -180,23 +190,28 @@ def describe(spec: SceneSpec, rng: random.Random) -> tuple[str, str, str]:
     )
 
 
-REASON_FORMS: tuple[Callable[[FactSpec], str], ...] = (
-    lambda f: sentence(f"{f.inference()}, because {f.evidence()}"),
-    with_evidence,
-    lambda f: sentence(f.inference()),
-)
+MAX_REASON_WORDS = 50  # the recipe's limit for a ReasonLite caption
 
 
 def explain(spec: SceneSpec, rng: random.Random) -> tuple[str, str, str]:
-    """Three reasoning captions, one per fact, so that within a batch a caption is told
-    apart from the other images of its family only by the state (two facts together
-    would name a family pair, which alone identifies the image). The facts take the three
-    phrasings (inference because evidence; evidence so inference; bare inference) in a
-    random rotation."""
-    offset = rng.randrange(len(REASON_FORMS))
-    return tuple(  # type: ignore[return-value]
-        REASON_FORMS[(i + offset) % len(REASON_FORMS)](f) for i, f in enumerate(spec.facts)
-    )
+    """Three reasoning captions, each stating the inferences of all three facts, one of
+    them with its evidence ("inference, because evidence" or "evidence, so inference";
+    bare inferences when that would pass MAX_REASON_WORDS). Caption k starts at fact k, so
+    each fact leads, with its evidence, in one caption. In a batch of sibling scenes (the
+    same families in other states) a caption is told apart from its siblings' only by the
+    states, and every caption carries all three: three times the signal of one fact."""
+    offset = rng.randrange(2)
+    captions = []
+    for k in range(3):
+        first, *rest = spec.facts[k:] + spec.facts[:k]
+        lead = (f"{first.inference()}, because {first.evidence()}" if (k + offset) % 2 else
+                f"{first.evidence()}, so {first.inference()}")
+        bare = [f.inference() for f in rest]
+        text = sentence(f"{lead}; {bare[0]}; and {bare[1]}")
+        if len(text.split()) > MAX_REASON_WORDS:
+            text = sentence(f"{first.inference()}; {bare[0]}; and {bare[1]}")
+        captions.append(text)
+    return tuple(captions)  # type: ignore[return-value]
 
 
 def bench_set(fact: FactSpec, rng: random.Random, phrase: Callable[[FactSpec, int], str]
@@ -243,22 +258,26 @@ def group_key(index: int, seed: int, group_size: int) -> str:
     return f"scenes-{seed}-of{group_size}-{index // group_size:08d}" if group_size > 1 else ""
 
 
-def make_scene(index: int, seed: int, image_size: int = 64, group_size: int = 1) -> Scene:
+def make_scene(index: int, seed: int, image_size: int = 64, group_size: int = 1,
+               jitter: bool = False) -> Scene:
     """The scene number `index` of the stream `seed`; a pure function of its arguments
-    (captions do not depend on image_size). With `group_size` G > 1, scenes
+    (captions do not depend on image_size or jitter). With `group_size` G > 1, scenes
     [kG, (k+1)G) are siblings: the same families in the same slots, each in its own
     states, colours and room, so that a batch holding them has, for every reasoning
-    caption, images of other states of the same family as negatives."""
+    caption, images of other states of the same family as negatives. Without `jitter`
+    every fact fills its slot at the same place, so at an image size divisible by 3 x P
+    each slot covers whole P-pixel ViT patches; with it, facts vary in size and offset."""
     rng = scene_rng(index, seed)
     group = group_key(index, seed, group_size)
     layout_rng = random.Random(f"reasonclip-scenes/{group}") if group else None
-    return render_scene(sample_spec(rng, layout_rng), f"scene-{seed}-{index:08d}", image_size,
-                        rng)
+    return render_scene(sample_spec(rng, layout_rng, jitter), f"scene-{seed}-{index:08d}",
+                        image_size, rng)
 
 
-def make_scenes(num_scenes: int, seed: int, image_size: int = 64) -> Iterator[Scene]:
+def make_scenes(num_scenes: int, seed: int, image_size: int = 64, jitter: bool = False
+                ) -> Iterator[Scene]:
     for index in range(num_scenes):
-        yield make_scene(index, seed, image_size)
+        yield make_scene(index, seed, image_size, jitter=jitter)
 
 
 def contact_sheet(scenes: Sequence[Scene], columns: int = 6) -> Image.Image:
@@ -278,8 +297,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--sheet", default="", help="write the images here as one PNG")
+    parser.add_argument("--jitter", action="store_true",
+                        help="vary each fact's size and offset within its slot")
     args = parser.parse_args(argv)
-    scenes = list(make_scenes(args.num, args.seed, args.size))
+    scenes = list(make_scenes(args.num, args.seed, args.size, args.jitter))
     for scene in scenes:
         print(f"{scene.key}  labels={[CATEGORIES[c] for c in scene.image_labels]}")
         for text in scene.desc + scene.reason:

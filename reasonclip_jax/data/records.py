@@ -55,6 +55,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+from reasonclip_jax import paths
 from reasonclip_jax.errors import UserError
 
 FORMAT_VERSION = 1
@@ -136,9 +137,14 @@ def shard_name(split: str, shard: int, num_shards: int) -> str:
     return f"{split}-{shard:05d}-of-{num_shards:05d}.array_record"
 
 
+def shard_pattern(split: str) -> str:
+    """The glob of a split's shard file names ("*": every split)."""
+    return f"{split}-?????-of-?????.array_record"
+
+
 def shard_paths(directory: str, split: str) -> list[str]:
     """The split's shard files in a directory, in shard order."""
-    return sorted(glob.glob(os.path.join(directory, f"{split}-?????-of-?????.array_record")))
+    return sorted(glob.glob(os.path.join(directory, shard_pattern(split))))
 
 
 def natural_key(text: str) -> tuple[tuple[int, Any], ...]:
@@ -150,11 +156,10 @@ def natural_key(text: str) -> tuple[tuple[int, Any], ...]:
 
 def read_manifest(directory: str) -> dict[str, Any]:
     """Loads DIR/manifest.json and checks its format version."""
-    path = os.path.join(directory, "manifest.json")
-    if not os.path.isfile(path):
+    path = paths.join(directory, "manifest.json")
+    if not paths.Path(path).is_file():
         raise UserError(f"{directory} is not a shard directory: no manifest.json")
-    with open(path) as f:
-        manifest = json.load(f)
+    manifest = json.loads(paths.Path(path).read_text())
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise UserError(

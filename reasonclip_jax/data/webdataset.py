@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import tarfile
 from collections.abc import Iterator, Mapping
+from typing import BinaryIO
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # preference order within a sample
 _MEMBER_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's own key/extension rule
@@ -26,10 +27,11 @@ def split_member(name: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2).lower()) if match else None
 
 
-def iter_tar(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_tar(source: str | BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:
     """The shard's samples in order: (key, {extension: bytes}) per run of adjacent files with
     one key; a key that comes back later starts a new sample, a repeated extension keeps the
-    last file. Members that are not regular files, or have no key, are skipped.
+    last file. Members that are not regular files, or have no key, are skipped. `source` is
+    a path or an open binary file (read forward only).
 
     Raises what `tarfile` raises, after yielding the samples before the damage (the sample
     being read is lost): `tarfile.TarError` for a corrupt, truncated or non-tar file, OSError
@@ -37,7 +39,8 @@ def iter_tar(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """
     key, files = None, {}
     # "r|*": a forward-only stream (any compression), so a shard is never seeked or indexed.
-    with tarfile.open(path, "r|*") as tar:
+    where = {"name": source} if isinstance(source, str) else {"fileobj": source}
+    with tarfile.open(mode="r|*", **where) as tar:
         for member in tar:
             parts = split_member(member.name) if member.isfile() else None
             if parts is None:

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from reasonclip_jax import paths
 from reasonclip_jax.data import records
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.evaluators import common
@@ -226,8 +227,7 @@ def write_items(prefix: str, lines: Sequence[dict[str, Any]]) -> None:
     lines = sorted(lines, key=lambda r: (records.natural_key(r["key"]), r["set"]))
     for path, rows in ((f"{prefix}.items.jsonl", lines),
                        (f"{prefix}.near_ties.jsonl", [r for r in lines if r["near_tie"]])):
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        paths.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     near = sum(r["near_tie"] for r in lines)
     logging.info("RCLIP-Bench: %d sets, %d near ties -> %s.items.jsonl", len(lines), near, prefix)
 

@@ -113,13 +113,9 @@ def evaluate_folder(
 def _tfds_samples(
     split: tfds_source.TfdsSplit, image_key: str, label_key: str
 ) -> Iterator[tuple[bytes, int] | None]:
-    for i in range(len(split)):
-        example = split[i]
-        image, label = example[image_key], example[label_key]
-        if not isinstance(image, bytes):
-            raise UserError(f"{split.where}: feature '{image_key}' is not an encoded image")
+    for _, image, example in tfds_source.read_images(split, image_key):
         try:
-            yield image, int(label)
+            yield image, int(example[label_key])
         except (TypeError, ValueError):
             yield None
 

@@ -8,21 +8,36 @@ the one table that decides where each goes, so changing topology is a config cha
 
     python -m reasonclip_jax.train --config configs/demo.py --workdir /tmp/w \
         --config.mesh.data=2 --config.mesh.fsdp=2 --config.mesh.tensor=2
+
+Several TPU slices (multi-slice, joined by the data-centre network, DCN): `mesh.dcn.data=S`
+splits the data axis over the S slices, and `mesh.data/fsdp/tensor` then give the mesh of one
+slice (its chips joined by ICI), so only the data-parallel gradient reduction crosses the
+slower network. A TPU device's `slice_index` says which slice it is on; on other platforms
+(CPU, GPU) each process stands in for a slice:
+
+    python -m reasonclip_jax.launch --processes 2 --devices-per-process 4 -- \
+        python -m reasonclip_jax.train --config configs/demo.py --workdir /tmp/w \
+        --config.mesh.dcn.data=2 --config.mesh.fsdp=2
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 import optax
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from reasonclip_jax.errors import UserError
+
+log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -84,12 +99,58 @@ def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh over all devices of all processes (GSPMD-style Auto axes)."""
+DCN_AXES = ("data",)  # the axes that may span slices; the others stay within one
+
+
+def processes_are_slices(devices: Sequence[Any]) -> bool:
+    """TPU devices know their slice; elsewhere (CPU, GPU) each process stands in for one."""
+    return devices[0].platform != "tpu"
+
+
+def slice_of(device: Any, by_process: bool) -> int:
+    return device.process_index if by_process else device.slice_index
+
+
+def make_mesh(sizes: Mapping[str, Any], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over all devices of all processes (GSPMD-style Auto axes); with `sizes["dcn"]`
+    a multi-slice mesh (the module docstring)."""
     devices = list(devices if devices is not None else jax.devices())
-    shape = mesh_shape(sizes, len(devices))
+    sizes = dict(sizes)
+    dcn = {a: int(s) for a, s in dict(sizes.pop("dcn", None) or {}).items()}
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+    if all(s == 1 for s in dcn.values()):
+        shape = mesh_shape(sizes, len(devices))
+        return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+    by_process = processes_are_slices(devices)
+    grid = multi_slice_grid(sizes, dcn, devices, by_process)
+    log.info("mesh %s over %d slices: data crosses them, fsdp and tensor stay within one",
+             dict(zip(MESH_AXES, grid.shape, strict=True)),
+             len({slice_of(d, by_process) for d in devices}))
+    return Mesh(grid, MESH_AXES, axis_types=auto)
+
+
+def multi_slice_grid(sizes: Mapping[str, int], dcn: Mapping[str, int],
+                     devices: Sequence[Any], by_process: bool) -> np.ndarray:
+    """The devices arranged for a multi-slice mesh: `sizes` within each slice, `dcn` across
+    slices (`mesh_utils.create_hybrid_device_mesh`); `by_process`: processes are the slices."""
+    crossing = sorted(a for a, s in dcn.items() if s != 1 and a not in DCN_AXES)
+    if crossing:
+        raise UserError(f"mesh.dcn: only {DCN_AXES} may span slices; {crossing} must stay "
+                        "within a slice (set them in mesh.data/fsdp/tensor)")
+    slices = sorted({slice_of(d, by_process) for d in devices})
+    per_slice = len(devices) // len(slices)
+    if any(sum(slice_of(d, by_process) == s for d in devices) != per_slice for s in slices):
+        raise UserError(f"mesh.dcn: the {len(slices)} slices hold different numbers of devices")
+    try:
+        dcn_shape = mesh_shape(dcn, len(slices))
+    except UserError as e:
+        raise UserError(f"mesh.dcn across {len(slices)} slices: {e}") from None
+    try:
+        ici_shape = mesh_shape(sizes, per_slice)
+    except UserError as e:
+        raise UserError(f"mesh within a slice of {per_slice} devices: {e}") from None
+    return mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices,
+                                                process_is_granule=by_process)
 
 
 def batch_size_per_shard(mesh: Mesh, global_batch: int) -> int:

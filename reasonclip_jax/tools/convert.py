@@ -16,6 +16,9 @@ plain state dict does not show its attention heads or activation, so it needs `-
 (open_clip's name, `models/open_clip_archs.py`) or `--vision-heads/--text-heads/--act`.
 Safetensors are read and written without torch; only `.pt`/`.bin` files need it.
 
+Inputs and outputs may be in a bucket (`gs://...`): checkpoints through orbax, other files
+through `reasonclip_jax.paths` (an export is written locally, then copied into place).
+
 Export takes a model checkpoint, a run's `best/` or a trainer workdir (its latest step) and
 writes, beside the weights, where they came from (`PROVENANCE_FILE` in an HF directory,
 `<file>.provenance.json` beside an OpenAI file): the checkpoint, its step, the selection
@@ -33,14 +36,13 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from flax import traverse_util
 
-from reasonclip_jax import __version__
+from reasonclip_jax import __version__, paths
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.models import hf_processor, open_clip_archs, weight_maps
 from reasonclip_jax.models.clip import CLIP, ModelConfig, param_shapes
@@ -210,6 +212,7 @@ def import_weights(fmt: str, path: str, output: str, arch: str | None = None,
     if arch and fmt != "openai":
         raise UserError(f"--arch names an open_clip architecture: use it with --format openai "
                         f"(format {fmt} reads the architecture from its config)")
+    path = paths.local_copy(path)  # torch and safetensors read local files
     if fmt == "hf":
         state, hf_config = read_hf_dir(path)
     elif fmt == "openai":
@@ -229,9 +232,10 @@ def import_weights(fmt: str, path: str, output: str, arch: str | None = None,
     params, config = import_state_dict(fmt, state, hf_config, **overrides)
     checkpoint.save_model(output, params, config)
     if tokenizer_files:
-        os.makedirs(os.path.join(output, TOKENIZER_DIR))
+        target = paths.Path(output) / TOKENIZER_DIR
+        target.mkdir(parents=True)
         for name in tokenizer_files:
-            shutil.copyfile(os.path.join(path, name), os.path.join(output, TOKENIZER_DIR, name))
+            paths.copy_file(os.path.join(path, name), target / name)
     return config
 
 
@@ -254,17 +258,17 @@ def tokenizer_dir_of(step_dir: str, explicit: str | None = None) -> str | None:
     """Where a checkpoint's SigLIP tokenizer files are: `explicit`, its own `tokenizer/`, or
     that of the checkpoint its run started from (`init_from` of the run's config)."""
     if explicit:
-        return explicit
-    own = os.path.join(step_dir, TOKENIZER_DIR)
-    if os.path.isdir(own):
-        return own
+        return paths.local_copy(explicit)
+    own = paths.join(step_dir, TOKENIZER_DIR)
+    if paths.Path(own).is_dir():
+        return paths.local_copy(own)
     best = checkpoint.read_best_metric(step_dir) is not None
     _, train_config = _training_config(_run_workdir(step_dir, best))
     init_from = (train_config or {}).get("init_from")
     if init_from:
-        candidate = os.path.join(checkpoint.resolve_step_dir(init_from), TOKENIZER_DIR)
-        if os.path.isdir(candidate):
-            return candidate
+        candidate = paths.join(checkpoint.resolve_step_dir(init_from), TOKENIZER_DIR)
+        if paths.Path(candidate).is_dir():
+            return paths.local_copy(candidate)
     return None
 
 
@@ -290,40 +294,42 @@ def export_weights(fmt: str, ckpt: str, output: str, dtype: str = "float32",
         raise UserError(f"unknown export dtype '{dtype}'; choose float32 or float16")
     if fmt not in weight_maps.FORMATS:
         raise UserError(f"unknown format '{fmt}'; choose one of {list(weight_maps.FORMATS)}")
-    if fmt == "hf" and os.path.exists(output) and (not os.path.isdir(output)
-                                                    or os.listdir(output)):
+    target = paths.Path(output)
+    if fmt == "hf" and target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"{output} exists and is not an empty directory")
-    if fmt == "openai" and os.path.isdir(output):
+    if fmt == "openai" and target.is_dir():
         raise UserError(f"{output} is a directory; --format openai writes one file")
     step_dir = checkpoint.resolve_step_dir(ckpt)  # once: a run may commit a newer step meanwhile
     params, config = checkpoint.load_model(step_dir)
     state = export_state_dict(fmt, params, config, np_dtype)
     info = provenance(ckpt, step_dir, config, fmt, dtype)  # fails, if at all, before writing
-    if fmt == "hf":
-        if config.family == "siglip":  # its tokenizer files must exist before writing
-            tokenizer_dir = tokenizer_dir_of(step_dir, tokenizer_dir)
-            if config.tokenizer != "clip" and not tokenizer_dir:
-                raise UserError(f"{ckpt} has no tokenizer files for its {config.tokenizer} "
-                                "tokenizer; pass --tokenizer DIR (spiece.model or "
-                                "tokenizer.json)")
-        os.makedirs(output, exist_ok=True)
-        if config.family == "siglip":
-            hf_processor.write_siglip_processor_files(output, config, tokenizer_dir)
+    if fmt == "hf" and config.family == "siglip":  # its tokenizer files must exist first
+        tokenizer_dir = tokenizer_dir_of(step_dir, tokenizer_dir)
+        if config.tokenizer != "clip" and not tokenizer_dir:
+            raise UserError(f"{ckpt} has no tokenizer files for its {config.tokenizer} "
+                            "tokenizer; pass --tokenizer DIR (spiece.model or tokenizer.json)")
+    # A bucket gets the files once they are complete (written locally, then copied).
+    with paths.staged(output) as local:
+        if fmt == "hf":
+            os.makedirs(local, exist_ok=True)
+            if config.family == "siglip":
+                hf_processor.write_siglip_processor_files(local, config, tokenizer_dir)
+            else:
+                hf_processor.write_processor_files(local, config)
+            hf_config = weight_maps.hf_config_json(config)
+            hf_config["torch_dtype"] = dtype
+            with open(os.path.join(local, "config.json"), "w") as f:
+                json.dump(hf_config, f, indent=2)
+            weights = os.path.join(local, "model.safetensors")
+            record = os.path.join(local, PROVENANCE_FILE)
         else:
-            hf_processor.write_processor_files(output, config)
-        hf_config = weight_maps.hf_config_json(config)
-        hf_config["torch_dtype"] = dtype
-        with open(os.path.join(output, "config.json"), "w") as f:
-            json.dump(hf_config, f, indent=2)
-        weights = os.path.join(output, "model.safetensors")
+            weights, record = local, f"{local}.provenance.json"
         _write_state(state, weights)
-        record = os.path.join(output, PROVENANCE_FILE)
-    else:
-        weights, record = output, f"{output}.provenance.json"
-        _write_state(state, weights)
-    info["weights"] = {os.path.basename(weights): {"sha256": _sha256(weights)}}
-    with open(record, "w") as f:
-        json.dump(info, f, indent=2)
+        info["weights"] = {os.path.basename(weights): {"sha256": _sha256(weights)}}
+        with open(record, "w") as f:
+            json.dump(info, f, indent=2)
+        if fmt == "openai" and paths.is_remote(output):  # the record beside the file
+            paths.copy_file(record, f"{output}.provenance.json")
     return info
 
 
@@ -333,20 +339,20 @@ def export_weights(fmt: str, ckpt: str, output: str, dtype: str = "float32",
 def _run_workdir(step_dir: str, from_best: bool) -> str | None:
     """The trainer workdir a resolved checkpoint belongs to, if it is part of a run."""
     parent = os.path.dirname(step_dir)
-    if from_best:  # WORKDIR/best (or best.old)
+    if os.path.basename(step_dir).isdigit() and os.path.basename(parent) in ("checkpoints",
+                                                                              "best"):
+        return os.path.dirname(parent)  # WORKDIR/checkpoints/STEP, WORKDIR/best/STEP
+    if from_best:  # WORKDIR/best, as written before best/ held steps
         return parent
-    if os.path.basename(step_dir).isdigit() and os.path.basename(parent) == "checkpoints":
-        return os.path.dirname(parent)  # WORKDIR/checkpoints/STEP
     return None
 
 
 def _training_config(workdir: str | None) -> tuple[str | None, Any]:
-    path = os.path.join(workdir, TRAIN_CONFIG_FILE) if workdir else None
-    if path is None or not os.path.isfile(path):
+    path = paths.join(workdir, TRAIN_CONFIG_FILE) if workdir else None
+    if path is None or not paths.Path(path).is_file():
         return None, None
     try:
-        with open(path) as f:
-            return path, json.load(f)
+        return path, json.loads(paths.Path(path).read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"training config {path} is not readable JSON ({e})") from None
 
@@ -366,7 +372,7 @@ def provenance(ckpt: str, step_dir: str, config: ModelConfig, fmt: str, dtype: s
     best = checkpoint.read_best_metric(step_dir)
     if best is not None:
         step = int(best["step"])
-        metric, value = next(((k, v) for k, v in best.items() if k != "step"), (None, None))
+        metric, value = checkpoint.selection(best)
         selection = {"metric": metric, "value": value}
     else:
         name = os.path.basename(step_dir)
@@ -377,7 +383,7 @@ def provenance(ckpt: str, step_dir: str, config: ModelConfig, fmt: str, dtype: s
         "format": fmt,
         "dtype": dtype,
         "source": {
-            "checkpoint": os.path.abspath(ckpt),
+            "checkpoint": paths.absolute(ckpt),
             "resolved": step_dir,
             "description": checkpoint.describe(step_dir),
             "step": step,

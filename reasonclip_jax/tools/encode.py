@@ -7,19 +7,21 @@ Writes L2-normalised `image_embeds` [num_images, D] and `text_embeds` [num_texts
 (one text per line of the file) and `logit_scale` (the exponentiated scale). Images are
 preprocessed as OpenAI CLIP does: bicubic resize of the short side, centre crop, then the
 model family's mean/std. Texts go through the model's tokenizer (a SigLIP checkpoint's
-files: `--tokenizer`, by default its own `tokenizer/`).
+files: `--tokenizer`, by default its own `tokenizer/`). Every path may be in a bucket
+(`gs://...`).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import io
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reasonclip_jax import paths
 from reasonclip_jax.data import transforms
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.evaluators.encoder import Encoder
@@ -27,13 +29,12 @@ from reasonclip_jax.tools import cli, convert
 from reasonclip_jax.train import checkpoint
 
 
-def load_images(paths: Sequence[str], size: int) -> np.ndarray:
+def load_images(files: Sequence[str], size: int) -> np.ndarray:
     out = []
-    for path in paths:
-        if not os.path.isfile(path):
+    for path in files:
+        if not paths.Path(path).is_file():
             raise UserError(f"image {path} does not exist")
-        with open(path, "rb") as f:
-            data = f.read()
+        data = paths.Path(path).read_bytes()
         try:
             image = transforms.decode_image(data)
         except transforms.DECODE_ERRORS as e:
@@ -43,10 +44,10 @@ def load_images(paths: Sequence[str], size: int) -> np.ndarray:
 
 
 def read_texts(path: str) -> list[str]:
-    if not os.path.isfile(path):
+    if not paths.Path(path).is_file():
         raise UserError(f"texts file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
+    text = paths.Path(path).read_bytes().decode("utf-8")
+    return [line.rstrip("\n") for line in io.StringIO(text, newline=None)]  # as open() reads
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -73,12 +74,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                                              args.tokenizer)
     encoder = Encoder(jax.device_put(params), config, args.batch_size,
                       tokenizer_dir=tokenizer_dir)
+    npz = io.BytesIO()
     np.savez(
-        args.output,
+        npz,
         image_embeds=encoder.images(pixels),
         text_embeds=encoder.texts(texts),
         logit_scale=np.asarray(jnp.exp(params["logit_scale"])),
     )
+    paths.write_bytes(args.output, npz.getvalue())
     print(f"wrote {args.output}: {len(pixels)} images, {len(texts)} texts")
 
 

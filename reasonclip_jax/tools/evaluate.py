@@ -13,6 +13,9 @@ README), DIR its data_dir, and KEY=VALUE sets any other
 argument of that evaluator's `evaluate` (split, max_examples, caption_field, version) or
 `name`, the metric prefix (default TYPE). `--output` writes the metrics as JSON.
 
+`--checkpoint` and `--output` may be in a bucket (`gs://...`); the evaluation data is read
+from a local path (a bucket through a Cloud Storage FUSE mount).
+
 RCLIP-Bench with `--output metrics.json` also writes its per-set results beside it:
 `metrics.items.jsonl` (every set: official id, image_name, tag, set index, chosen index, the 5
 cosines and the 5 scores in the release's units, exp(logit_scale) x cosine, correct) and
@@ -35,7 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from reasonclip_jax import evaluators
+from reasonclip_jax import evaluators, paths
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.evaluators.encoder import Encoder
 from reasonclip_jax.tools import cli, convert
@@ -130,9 +133,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     for key, value in metrics.items():
         print(f"{key}: {value:.4f}")
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(metrics, f, indent=1)
-            f.write("\n")
+        paths.write_text(args.output, json.dumps(metrics, indent=1) + "\n")
     return metrics
 
 

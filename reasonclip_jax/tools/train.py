@@ -2,12 +2,15 @@
 
     python -m reasonclip_jax.train --config configs/demo.py:/tmp/scenes --workdir /tmp/demo \
         [--config.total_steps=200 --config.mesh.fsdp=2 ...] [--verbose]
+    reasonclip-train ...    (the same, once the package is installed)
 
 A mistyped `--config.KEY` stops at once with one line naming the closest key.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from absl import flags
@@ -33,7 +36,11 @@ def main(argv: Any) -> None:
 
 
 def run() -> None:
-    """`python -m reasonclip_jax.train ...`"""
+    """`python -m reasonclip_jax.train ...`, and the `reasonclip-train` command."""
+    # Config files import their neighbours (`from configs import common`) from the working
+    # directory, where `python -m` looks; a console command's path does not hold it.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     cli.run_absl_main(main)
 
 

@@ -5,8 +5,14 @@ Layout (the same as one step of the trainer's CheckpointManager, which adds more
     CKPT_DIR/params/        orbax PyTree (StandardSave) of the parameters, float32
     CKPT_DIR/model_config/  JSON of `ModelConfig`
 
-`load_model` accepts such a directory, a trainer workdir (its latest complete step under
-`checkpoints/`) or a CheckpointManager directory.
+`load_model` accepts such a directory, a run's `best/` (its best finished step), a trainer
+workdir (its latest finished step under `checkpoints/`) or a CheckpointManager directory.
+Any of them can be in a bucket (`gs://...`): orbax writes and reads there itself.
+
+A step is taken only once orbax has finished it: on a local disk orbax writes a step under
+a temporary name and renames it when complete; on an object store, which cannot rename,
+it writes the step in place and adds a commit marker last. `finished` asks orbax which,
+so a half-written step is never resumed from, loaded, exported or kept as the best.
 
     python -c "from reasonclip_jax.train import checkpoint; print(checkpoint.load_model('CKPT')[1])"
 """
@@ -16,13 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from reasonclip_jax import paths
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.models.clip import ModelConfig
 
@@ -32,7 +38,8 @@ PARAMS = "params"
 MODEL_CONFIG = "model_config"
 TRAIN_STATE = "train_state"
 DATA_ITER = "data_iter"
-BEST_METRIC = "best_metric.json"
+BEST = "best_metric"  # the item of a best/ step: which step, by which metric, its value
+BEST_METRIC = "best_metric.json"  # its file (best/STEP/best_metric/best_metric.json)
 
 
 def _handlers() -> dict[str, Any]:
@@ -44,6 +51,7 @@ def _handlers() -> dict[str, Any]:
         TRAIN_STATE: ocp.StandardCheckpointHandler(),
         MODEL_CONFIG: ocp.JsonCheckpointHandler(),
         DATA_ITER: grain.checkpoint.CheckpointHandler(),
+        BEST: ocp.JsonCheckpointHandler(filename=BEST_METRIC),
     }
 
 
@@ -51,47 +59,79 @@ def _checkpointer() -> ocp.Checkpointer:
     return ocp.Checkpointer(ocp.CompositeCheckpointHandler(**_handlers()))
 
 
-def save_model(path: str, params: Any, config: ModelConfig) -> None:
-    """Writes params (any pytree of arrays) and the config to a new directory `path`."""
-    path = os.path.abspath(path)
-    if os.path.exists(path):
+def save_model(path: str, params: Any, config: ModelConfig,
+               best: dict[str, Any] | None = None, overwrite: bool = False) -> None:
+    """Writes params (any pytree of arrays) and the config to a new directory `path`
+    (`overwrite`: replacing what is there); `best` adds a best-weights record."""
+    path = paths.absolute(path)
+    if not overwrite and paths.Path(path).exists():
         raise UserError(f"{path} already exists; choose a new checkpoint directory")
+    items = {PARAMS: ocp.args.StandardSave(params),
+             MODEL_CONFIG: ocp.args.JsonSave(config.to_dict())}
+    if best is not None:
+        items[BEST] = ocp.args.JsonSave(best)
     with _checkpointer() as ckptr:
-        ckptr.save(
-            path,
-            ocp.args.Composite(**{
-                PARAMS: ocp.args.StandardSave(params),
-                MODEL_CONFIG: ocp.args.JsonSave(config.to_dict()),
-            }),
-        )
+        ckptr.save(path, ocp.args.Composite(**items), force=overwrite)
+
+
+def finished(step_dir: str) -> bool:
+    """Whether orbax finished writing this checkpoint directory (renamed into place on a
+    disk, committed on an object store)."""
+    return ocp.utils.is_checkpoint_finalized(paths.absolute(step_dir))
+
+
+def finished_steps(directory: str) -> dict[int, str]:
+    """{step: directory} of the finished steps (digit-named children) of `directory`."""
+    root = paths.Path(directory)
+    if not root.is_dir():
+        return {}
+    steps = {int(p.name): os.fspath(p) for p in root.iterdir() if p.name.isdigit()}
+    return {s: d for s, d in sorted(steps.items()) if finished(d)}
+
+
+def best_step_dir(directory: str) -> str | None:
+    """The best finished step of a best-weights directory by its recorded value (the later
+    of equal ones), or None when it holds none."""
+    records = {s: (d, _record(d)) for s, d in finished_steps(directory).items()}
+    ranked = [(_rank(record), step, d) for step, (d, record) in records.items() if record]
+    return max(ranked)[2] if ranked else None
+
+
+def _rank(record: dict[str, Any]) -> float:
+    """Higher is better, whatever the record's mode."""
+    _, value = selection(record)
+    return float(value) if record.get("mode", "max") == "max" else -float(value)
 
 
 def resolve_step_dir(path: str) -> str:
-    """A directory holding `params/` and `model_config/`: `path` itself (a model checkpoint,
-    e.g. a run's `best/`), or the latest step of a CheckpointManager directory (`path` or
-    `path/checkpoints`)."""
-    path = os.path.abspath(path)
-    if not os.path.isdir(path) and os.path.isdir(f"{path}.old"):
-        return f"{path}.old"  # a replacement of best/ cut short: the previous best
-    if not os.path.isdir(path):
+    """A finished directory holding `params/` and `model_config/`: the best step of a run's
+    `best/`, `path` itself (a model checkpoint, or a best/ written before best/ held steps),
+    or the latest step of a CheckpointManager directory (`path` or `path/checkpoints`)."""
+    path = paths.absolute(path)
+    if not paths.Path(path).is_dir():
         raise UserError(f"checkpoint {path} does not exist or is not a directory")
-    if os.path.isdir(os.path.join(path, MODEL_CONFIG)):
+    best = best_step_dir(path)
+    if best is not None:
+        return best
+    if paths.Path(path, MODEL_CONFIG).is_dir():
+        if not finished(path):
+            raise UserError(f"checkpoint {path} was not finished (a save cut short); write "
+                            "it again")
         return path
-    for root in (path, os.path.join(path, "checkpoints")):
-        steps = [int(d) for d in os.listdir(root) if d.isdigit()] if os.path.isdir(root) else []
-        # Only finalised steps: orbax writes to a temporary name and renames when complete.
-        steps = [s for s in steps if os.path.isdir(os.path.join(root, str(s), MODEL_CONFIG))]
+    for root in (path, paths.join(path, "checkpoints")):
+        steps = finished_steps(root)
         if steps:
-            return os.path.join(root, str(max(steps)))
-    raise UserError(f"{path} is not a reasonclip checkpoint (no '{MODEL_CONFIG}' item found)")
+            return steps[max(steps)]
+    raise UserError(f"{path} is not a reasonclip checkpoint (no finished '{MODEL_CONFIG}' "
+                    "item found)")
 
 
 def describe(step_dir: str) -> str:
     """Which weights a resolved checkpoint directory holds, for a log line."""
     best = read_best_metric(step_dir)
     if best is not None:
-        metric = ", ".join(f"{k}={v:.6g}" for k, v in best.items() if k != "step")
-        return f"{step_dir}: step {best['step']}, best by {metric}"
+        metric, value = selection(best)
+        return f"{step_dir}: step {best['step']}, best by {metric}={value:.6g}"
     name = os.path.basename(step_dir)
     if name.isdigit():
         return f"{step_dir}: step {name} (the latest)"
@@ -140,7 +180,7 @@ def latest_train_step(directory: str) -> int | None:
     that another process is about to resume.
     """
     options = ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False)
-    with ocp.CheckpointManager(os.path.abspath(directory), options=options) as manager:
+    with ocp.CheckpointManager(paths.absolute(directory), options=options) as manager:
         return manager.latest_step()
 
 
@@ -149,14 +189,14 @@ def train_manager(directory: str, keep: int, async_save: bool = True
     """The trainer's CheckpointManager: each step holds params, train_state (optimizer state,
     step, counters), model_config and the input iterator's state (one file per process).
 
-    Incomplete steps (a save killed half-way) are never listed: orbax writes to a temporary
-    directory and renames it when the save is committed.
+    Incomplete steps (a save killed half-way) are never listed (see `finished`), and are
+    deleted when the manager opens.
     """
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
         cleanup_tmp_directories=True,
     )
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+    return ocp.CheckpointManager(paths.absolute(directory), options=options,
                                  item_handlers=_handlers())
 
 
@@ -174,8 +214,8 @@ def save_train(manager: ocp.CheckpointManager, step: int, params: Any, train_sta
 
 def saved_process_count(step_dir: str) -> int | None:
     """How many processes wrote the input iterator's state of a training step."""
-    names = os.listdir(os.path.join(step_dir, DATA_ITER)) if os.path.isdir(
-        os.path.join(step_dir, DATA_ITER)) else []
+    item = paths.Path(step_dir) / DATA_ITER
+    names = [p.name for p in item.iterdir()] if item.is_dir() else []
     counts = {int(n.split("-of-")[1].split(".")[0]) for n in names if "-of-" in n}
     return counts.pop() if len(counts) == 1 else None
 
@@ -203,24 +243,22 @@ class BestCheckpoint:
     """Keeps `directory` holding the weights of the best value of `metric` in the run.
 
     `mode` "max" or "min": a value replaces the best one only if strictly better. The best
-    value so far is read back from `directory/best_metric.json` when a run resumes, so a
-    worse value after a restart never replaces a better `best/`. An empty `metric`, or
-    evaluations that lack it, keep nothing.
+    value so far is read back when a run resumes, so a worse value after a restart never
+    replaces a better one. An empty `metric`, or evaluations that lack it, keep nothing.
 
-    Replacing is atomic for a reader of `directory`: the new weights are written to
-    `directory.tmp-STEP`, the old ones renamed to `directory.old`, the new ones renamed into
-    place, then the old ones deleted. A run killed between the two renames leaves
-    `directory.old`, which the next `BestCheckpoint` of the run (or `resolve_step_dir`) puts
-    back.
+    Each new best is a new checkpoint `directory/STEP/` holding the weights and a record of
+    its step, metric, value and mode (one orbax checkpoint, finished as a whole); once it is
+    finished every other entry of `directory` is deleted. Readers (`resolve_step_dir`) take
+    the finished step with the best recorded value, so a run killed at any point, on a disk
+    or on an object store, leaves the previous best or the new one readable, never a part.
     """
 
     def __init__(self, directory: str, metric: str, mode: str) -> None:
         if mode not in ("max", "min"):
             raise UserError(f"checkpoint.best_mode '{mode}': use 'max' or 'min'")
-        self.directory, self.metric, self.mode = directory, metric, mode
-        recover_best(directory)
+        self.directory, self.metric, self.mode = paths.absolute(directory), metric, mode
         self.value: float | None = None
-        saved = read_best_metric(directory)
+        saved = read_best_metric(self.directory)
         if metric and saved is not None and metric in saved:
             self.value = float(saved[metric])
 
@@ -234,33 +272,38 @@ class BestCheckpoint:
                                        else value >= self.value):
             return False
         self.value = value
-        tmp, old = f"{self.directory}.tmp-{step}", f"{self.directory}.old"
-        save_model(tmp, params, config)
+        step_dir = paths.join(self.directory, str(step))
+        record = {"step": step, self.metric: value, "mode": self.mode}
+        save_model(step_dir, params, config, best=record, overwrite=True)
         if jax.process_index() == 0:
-            with open(os.path.join(tmp, BEST_METRIC), "w") as f:
-                json.dump({"step": step, self.metric: value}, f)
-            shutil.rmtree(old, ignore_errors=True)
-            if os.path.exists(self.directory):
-                os.replace(self.directory, old)
-            os.replace(tmp, self.directory)
-            shutil.rmtree(old, ignore_errors=True)
+            # Older bests, saves cut short, and the items of a best/ written before best/
+            # held steps (model_config/ first: readers stop taking the directory itself).
+            entries = sorted(paths.Path(self.directory).iterdir(),
+                             key=lambda p: p.name != MODEL_CONFIG)
+            for entry in entries:
+                if entry.name == str(step):
+                    continue
+                if entry.is_dir():
+                    paths.rmtree(entry)
+                else:
+                    entry.unlink()
         return True
 
 
-def recover_best(directory: str) -> None:
-    """Puts `directory.old` back when a replacement of `directory` was cut short."""
-    old = f"{directory}.old"
-    if jax.process_index() == 0 and os.path.isdir(old):
-        if os.path.isdir(directory):
-            shutil.rmtree(old)
-        else:
-            os.replace(old, directory)
-
-
 def read_best_metric(directory: str) -> dict[str, Any] | None:
-    """`best_metric.json` of a best-weights directory (step and metric value), or None."""
-    path = os.path.join(directory, BEST_METRIC)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    """The best-weights record (step, metric value, mode) of a checkpoint directory, or of
+    the best step of a run's `best/`; None if it has none. A best/ written before best/
+    held steps kept it in `best/best_metric.json`."""
+    return _record(best_step_dir(directory) or directory)
+
+
+def _record(step_dir: str) -> dict[str, Any] | None:
+    for path in (paths.Path(step_dir, BEST, BEST_METRIC), paths.Path(step_dir, BEST_METRIC)):
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
+
+
+def selection(record: dict[str, Any]) -> tuple[str, float]:
+    """(metric, value) of a best-weights record."""
+    return next((k, v) for k, v in record.items() if k not in ("step", "mode"))

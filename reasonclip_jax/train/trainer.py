@@ -35,7 +35,7 @@ from jax.experimental import multihost_utils
 from jax.experimental.compilation_cache import compilation_cache
 from tqdm import tqdm
 
-from reasonclip_jax import evaluators
+from reasonclip_jax import evaluators, paths
 from reasonclip_jax.data import pipeline
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.evaluators.encoder import Encoder
@@ -315,12 +315,22 @@ def mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def log_record_indices(workdir: str, step: int, indices: np.ndarray) -> None:
-    """Which records this process fed at each step (data provenance, multi-host checks)."""
-    os.makedirs(os.path.join(workdir, "record_indices"), exist_ok=True)
-    path = os.path.join(workdir, "record_indices", f"process_{jax.process_index()}.jsonl")
-    with open(path, "a") as f:
-        f.write(json.dumps({"step": step, "record_index": indices.tolist()}) + "\n")
+class RecordIndexLog:
+    """Which records this process fed at each step (data provenance, multi-host checks):
+    `WORKDIR/record_indices/process_I.jsonl`, written out when `flush`ed (with the metrics)."""
+
+    def __init__(self, workdir: str) -> None:
+        directory = paths.join(workdir, "record_indices")
+        paths.makedirs(directory)
+        self.file = paths.AppendFile(paths.join(directory,
+                                                f"process_{jax.process_index()}.jsonl"))
+
+    def write(self, step: int, indices: np.ndarray) -> None:
+        line = json.dumps({"step": step, "record_index": indices.tolist()}) + "\n"
+        self.file.write(line.encode())
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def sum_over_processes(value: int) -> float:
@@ -339,14 +349,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         distributed.initialize(auto=config.distributed)
         jax.config.update("jax_threefry_partitionable", True)
         stack.enter_context(persistent_compilation_cache(config.compilation_cache_dir))
-        os.makedirs(workdir, exist_ok=True)
+        workdir = paths.absolute(workdir)  # a local directory, or a bucket's gs://...
+        paths.makedirs(workdir)
         is_chief = jax.process_index() == 0
         log.info("process %d/%d, %d devices", jax.process_index(), jax.process_count(),
                  jax.device_count())
         evaluators.check_configs(config.evals)  # a bad eval fails now, not after training
         if is_chief:  # provenance: what produced this workdir (exports record it)
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(config.to_json_best_effort(indent=1) + "\n")
+            paths.write_text(paths.join(workdir, "config.json"),
+                             config.to_json_best_effort(indent=1) + "\n")
 
         # ------------------------------------------------------------ mesh
         devices = jax.devices()
@@ -374,12 +385,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         rng = jax.random.key(config.seed)
 
         # ------------------------------------------------------------ checkpoints and input
-        ckpt_dir = os.path.join(workdir, "checkpoints")
+        ckpt_dir = paths.join(workdir, "checkpoints")
         manager = stack.enter_context(checkpoint.train_manager(
             ckpt_dir, config.checkpoint.keep, config.checkpoint.async_save))
         resume_step = manager.latest_step()
         same_layout = resume_step is None or checkpoint.saved_process_count(
-            os.path.join(ckpt_dir, str(resume_step))) == jax.process_count()
+            paths.join(ckpt_dir, str(resume_step))) == jax.process_count()
         # A run saved by another process count resumes its input at the step's position.
         start = 0 if same_layout else resume_step * config.input.batch_size
         train_iter = pipeline.make_train_iterator(config.input, objective.view,
@@ -388,7 +399,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
         # ------------------------------------------------------------ init or resume
         if resume_step is not None:
-            saved = checkpoint.load_model_config(os.path.join(ckpt_dir, str(resume_step)))
+            saved = checkpoint.load_model_config(paths.join(ckpt_dir, str(resume_step)))
             if saved != model_config:
                 raise UserError(f"{workdir} holds a run of a different model ({saved}); "
                                 "use a new --workdir")
@@ -415,7 +426,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         held_out = (validation.ValidationLoss(config, objective, opt, mesh, params_sharding,
                                               state_sharding)
                     if config.validation.batch_size else None)
-        best = checkpoint.BestCheckpoint(os.path.join(workdir, "best"),
+        best = checkpoint.BestCheckpoint(paths.join(workdir, "best"),
                                          config.checkpoint.best_metric,
                                          config.checkpoint.best_mode)
 
@@ -426,9 +437,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         stack.callback(writer.close)
         progress = stack.enter_context(tqdm(total=total_steps, initial=step, desc="train",
                                             dynamic_ncols=True, disable=not is_chief))
-        profile = ProfileWindow(config.profile, os.path.join(workdir, "profile"))
+        profile = ProfileWindow(config.profile, paths.join(workdir, "profile"))
         stack.callback(profile.close)
         preemption = Preemption(manager)
+        record_indices = RecordIndexLog(workdir) if config.log_record_indices else None
+        if record_indices:
+            stack.callback(record_indices.flush)
         flops_per_step = config.input.batch_size * flops.train_flops_per_example(
             model_config, config.input.context_length, len(objective.text_keys))
         batch_keys = ("image", *objective.text_keys, *objective.view.label_zeros())
@@ -443,8 +457,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             history.append(step_metrics)
             progress.update(1)
             profile.after_step(step)
-            if config.log_record_indices:
-                log_record_indices(workdir, step, local["record_index"])
+            if record_indices:
+                record_indices.write(step, local["record_index"])
 
             if step % config.log_every == 0 or step == total_steps:
                 # Steps are dispatched asynchronously: wait for the last one before timing.
@@ -457,6 +471,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     last["mfu"] = mfu.model_flops_utilization(
                         flops_per_step, steps_done, elapsed, peak_per_device, mesh.devices.size)
                 writer.write(step, last)
+                if record_indices:
+                    record_indices.flush()
                 history, tick, tick_step = [], time.perf_counter(), step
                 if last["nonfinite_streak"] >= config.max_nonfinite_streak:
                     stop_reason = (f"{int(last['nonfinite_streak'])} consecutive steps with a "
