@@ -63,7 +63,7 @@ def main() -> None:
         start = time.perf_counter()
         compiled = compiled_memory.compile_step(c, target.devices)
         seconds = time.perf_counter() - start
-        e = memory_model.estimate(c, target.num_devices, target.platform)
+        e = memory_model.estimate(c, target.num_devices, target.platform, target.num_slices)
         print(f"| {case} | {compiled.peak_bytes / MiB:,.0f} | {e.peak / MiB:,.0f} | "
               f"{e.peak / compiled.peak_bytes:.3f} | "
               f"{(e.params + e.optimizer_state) / MiB:,.0f} | {e.gradients / MiB:,.0f} | "

@@ -97,6 +97,26 @@ def test_plan_command_analytic_table_and_errors():
         "error: memory 'much': give a number and a unit, e.g. 16GiB, 80GB, 512MiB")
 
 
+@pytest.mark.slow
+def test_plan_command_on_two_tpu_slices():
+    """`--slices 2`: two v5e 2x2 slices (libtpu's description, nothing compiled here), the
+    data axis over them; `--slices` without a topology is refused."""
+    command = [sys.executable, "-m", "reasonclip_jax.plan", "--config",
+               "configs/sweeps/tiny.py:/data/scenes", "--sweep", "--nocompile"]
+    ok = subprocess.run([*command, "--topology", "v5e:2x2", "--slices", "2"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert ok.stdout.startswith("target: 2 x v5e:2x2 (8 devices, 16.0 GiB each)")
+    assert "'dcn': {'data': -1}" in ok.stdout.splitlines()[0]
+    rows = [line for line in ok.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + len(tiny.get_config("/data/scenes").batch_sizes)  # + header
+    bad = subprocess.run([*command, "--slices", "2"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "error: --slices N describes TPU slices: give --topology too")
+
+
 def test_unknown_topology_is_a_user_error():
     with pytest.raises(UserError, match="topology 'v9z:1x1': use CHIP:AxB"):
         compiled_memory.tpu_target("v9z:1x1")

@@ -109,3 +109,21 @@ def test_report_command(study, tmp_path):
 def test_no_runs_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no runs under"):
         report.collect(str(tmp_path))
+
+
+@pytest.mark.gcs
+def test_report_of_a_study_in_a_bucket(study, gcs):
+    """The same report from run directories in a bucket (the emulator), written there."""
+    from gcs_emulator import upload_tree
+
+    local = report.write_report(study)
+    upload_tree(gcs, study, "studies/study", skip=())
+    for name in ("results.csv", "results.md", "results.png"):  # written anew below
+        gcs._storage.delete_file(gcs.bucket, f"studies/study/{name}")
+    written = report.write_report(gcs.uri("studies", "study"))
+    assert written == {k: gcs.uri("studies", "study", f"results.{k}")
+                       for k in ("csv", "md", "png")}
+    for k in ("csv", "md"):
+        with open(local[k], "rb") as f:
+            assert gcs.read(f"studies/study/results.{k}") == f.read()
+    assert gcs.read("studies/study/results.png").startswith(b"\x89PNG")

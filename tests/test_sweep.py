@@ -114,6 +114,36 @@ def test_killed_sweep_skips_finished_runs_and_resumes_the_interrupted_one(
         sweep.run_sweep(config, workdir)
 
 
+@pytest.mark.gcs
+@pytest.mark.slow
+def test_sweep_into_a_bucket(scenes, small_sweep, gcs):
+    """A study whose workdir is a bucket (the emulator): run records, checkpoints, metrics,
+    best/STEP/ and the report all there; a relaunch trains nothing."""
+    from reasonclip_jax.scaling import report
+    from reasonclip_jax.train import checkpoint
+
+    config = load(small_sweep, scenes)
+    config.batch_sizes, config.samples = (16,), 32
+    config.base.checkpoint.best_metric, config.base.checkpoint.best_mode = "validation/loss", "min"
+    workdir = gcs.uri("studies", "small")
+    assert sweep.run_sweep(config, workdir) == ["stage1-softmax-gather-b16"]
+    run_dir = f"{workdir}/stage1-softmax-gather-b16"
+    assert sweep.finished(run_dir, 2)
+    assert sweep.read_record(run_dir)["point"]["batch_size"] == 16
+    objects = gcs.objects("studies/small/")
+    assert "studies/small/sweep_config.json" in objects
+    assert "studies/small/stage1-softmax-gather-b16/metrics.jsonl" in objects
+    best = checkpoint.best_step_dir(f"{run_dir}/best")
+    assert best == f"{run_dir}/best/2"
+    assert "validation/loss" in checkpoint.read_best_metric(f"{run_dir}/best")
+
+    assert sweep.run_sweep(config, workdir) == []
+    written = report.write_report(workdir)
+    md = gcs.read("studies/small/results.md").decode()
+    assert written["md"] == f"{workdir}/results.md"
+    assert "| stage1 | softmax | gather | 16 | 1 | 0.7071 | 2 |" in md
+
+
 def test_fingerprint_follows_the_run_config():
     from configs.sweeps import tiny
 

@@ -63,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     base = recipe.base("stage1", args)
     base.init_from = args["init"]
     mesh, device_memory = TOPOLOGIES[args["topology"]]
-    base.mesh = dict(mesh)
+    base.mesh.update(mesh)  # mesh.dcn as the base has it: --config.base.mesh.dcn.data=S
     base.loss.impl = "tiled_ring"
     base.loss.negatives_gradient = "global"
     base.grad_accum = dict(micro_batches=1, mode="gradcache")

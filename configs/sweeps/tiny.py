@@ -38,7 +38,7 @@ def get_config(arg: str = "/tmp/scal_scenes") -> ml_collections.ConfigDict:
     base.input.worker_count = 0  # batches hold stream positions in order (scaling/grid.py)
     base.input.read_threads = 1
     base.input.group_size = 8  # the scenes' sibling groups share a batch
-    base.mesh = dict(data=-1, fsdp=1, tensor=1)
+    base.mesh.update(data=-1, fsdp=1, tensor=1)
     # From scratch: the demo's rates, for the reference batch of 32.
     base.optim.groups = common.optim_groups(1e-3, 1e-3, 1e-2, 1e-3, tower_wd=0.0)
     base.optim.l2_init = dict(beta=0.0, regex=common.TOWERS_WITHOUT_PROJECTIONS)

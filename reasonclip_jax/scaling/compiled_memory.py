@@ -70,6 +70,7 @@ class Target:
     device_memory: int | None  # bytes per device; None: unknown
     platform: str  # "cpu" | "gpu" | "tpu": how the analytic model counts bytes
     num_devices: int
+    num_slices: int = 1  # TPU slices joined by DCN (`mesh.dcn`); processes off TPU
 
 
 def analytic_target(num_devices: int, device_memory: int, platform: str = "gpu") -> Target:
@@ -78,8 +79,9 @@ def analytic_target(num_devices: int, device_memory: int, platform: str = "gpu")
                   num_devices)
 
 
-def tpu_target(topology: str) -> Target:
-    """The chips of a TPU topology such as "v5e:4x4" or "v5p:2x2x2", from libtpu."""
+def tpu_target(topology: str, num_slices: int = 1) -> Target:
+    """The chips of a TPU topology such as "v5e:4x4" or "v5p:2x2x2", from libtpu;
+    `num_slices` such slices joined by the data-centre network (a multi-slice job)."""
     match = _TOPOLOGY.match(topology)
     if not match:
         raise UserError(f"topology '{topology}': use CHIP:AxB[xC] with CHIP one of "
@@ -97,12 +99,13 @@ def tpu_target(topology: str) -> Target:
 
         desc = topologies.get_topology_desc(
             platform="tpu", topology_name=f"{libtpu_name}:{'x'.join(dims)}",
-            chip_config_name=chip_config, chips_per_host_bounds=(2, 2, 1), num_slices=1)
+            chip_config_name=chip_config, chips_per_host_bounds=(2, 2, 1), num_slices=num_slices)
     except Exception as e:  # libtpu missing, or a topology it does not know
         raise UserError(f"cannot describe TPU topology '{topology}' ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''}); it needs libtpu "
                         "(pip install libtpu, see requirements.txt)") from None
-    return Target(topology, tuple(desc.devices), memory, "tpu", len(desc.devices))
+    name = topology if num_slices == 1 else f"{num_slices} x {topology}"
+    return Target(name, tuple(desc.devices), memory, "tpu", len(desc.devices), num_slices)
 
 
 def local_target(device_memory: int | None = None) -> Target:
@@ -111,8 +114,10 @@ def local_target(device_memory: int | None = None) -> Target:
     if device_memory is None:
         stats = devices[0].memory_stats() or {}
         device_memory = stats.get("bytes_limit")
+    by_process = sharding.processes_are_slices(devices)
+    slices = len({sharding.slice_of(d, by_process) for d in devices})
     return Target(f"{len(devices)} {devices[0].platform} devices", devices, device_memory,
-                  devices[0].platform, len(devices))
+                  devices[0].platform, len(devices), slices)
 
 
 def abstract_batch(program: trainer.Program, input_cfg: ml_collections.ConfigDict,

@@ -211,11 +211,14 @@ def loss_bytes(kind: str, impl: str, local: int, global_batch: int, embed_dim: i
     return _RING_BLOCKS * side * side * _F32 + text_fields * embeddings
 
 
-def estimate(config: ml_collections.ConfigDict, num_devices: int, platform: str) -> Breakdown:
-    """The analytic breakdown of `config`'s update step on `num_devices` devices."""
+def estimate(config: ml_collections.ConfigDict, num_devices: int, platform: str,
+             num_slices: int | None = None) -> Breakdown:
+    """The analytic breakdown of `config`'s update step on `num_devices` devices (in
+    `num_slices` slices when `mesh.dcn` splits the data axis over them; None: as it names)."""
     stage = stages.get_stage(config.stage)
     model_config = trainer.model_config_of(config)
-    mesh_sizes = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, num_devices),
+    mesh_sizes = dict(zip(sharding.MESH_AXES,
+                          sharding.job_mesh_shape(config.mesh, num_devices, num_slices),
                           strict=True))
     batch_shards = math.prod(mesh_sizes[a] for a in sharding.BATCH_AXES)
     global_batch = config.input.batch_size

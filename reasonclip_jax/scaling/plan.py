@@ -56,16 +56,18 @@ def with_batch(config: ml_collections.ConfigDict, batch_size: int, micro_batches
     return c
 
 
-def batch_shards(config: ml_collections.ConfigDict, num_devices: int) -> int:
-    shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, num_devices),
-                     strict=True))
+def batch_shards(config: ml_collections.ConfigDict, num_devices: int,
+                 num_slices: int | None = None) -> int:
+    shape = dict(zip(sharding.MESH_AXES,
+                     sharding.job_mesh_shape(config.mesh, num_devices, num_slices), strict=True))
     return math.prod(shape[a] for a in sharding.BATCH_AXES)
 
 
-def micro_batch_choices(config: ml_collections.ConfigDict, num_devices: int) -> list[int]:
+def micro_batch_choices(config: ml_collections.ConfigDict, num_devices: int,
+                        num_slices: int | None = None) -> list[int]:
     """GradCache micro-batch counts K: each micro-batch spreads over every batch shard, so K
     divides the per-device batch."""
-    local = config.input.batch_size // batch_shards(config, num_devices)
+    local = config.input.batch_size // batch_shards(config, num_devices, num_slices)
     return [k for k in range(1, local + 1) if local % k == 0]
 
 
@@ -88,7 +90,8 @@ def evaluate(config: ml_collections.ConfigDict, target: Target, batch_size: int,
              micro_batches: int, compile_step: bool = True) -> Plan:
     """Compiled (when the target has devices) and analytic peaks of one setting."""
     c = with_batch(config, batch_size, micro_batches)
-    estimate = memory_model.estimate(c, target.num_devices, target.platform)
+    estimate = memory_model.estimate(c, target.num_devices, target.platform,
+                                     target.num_slices)
     compiled = (compiled_memory.compile_step(c, target.devices)
                 if compile_step and target.devices else None)
     peak = compiled.peak_bytes if compiled else estimate.peak
@@ -107,9 +110,9 @@ def fewest_micro_batches(config: ml_collections.ConfigDict, target: Target,
         return micro, evaluate(config, target, batch_size, micro)
     c = with_batch(config, batch_size, 1)
     num_devices = target.num_devices
-    for micro in micro_batch_choices(c, num_devices):
+    for micro in micro_batch_choices(c, num_devices, target.num_slices):
         estimate = memory_model.estimate(with_batch(config, batch_size, micro), num_devices,
-                                         target.platform)
+                                         target.platform, target.num_slices)
         if estimate.peak > _ESTIMATE_MARGIN * target.device_memory:
             continue
         plan = evaluate(config, target, batch_size, micro)
@@ -127,12 +130,12 @@ def largest_batch(config: ml_collections.ConfigDict, target: Target, micro_batch
     if target.device_memory is None:
         return None
     num_devices = target.num_devices
-    unit = batch_shards(config, num_devices) * micro_batches
+    unit = batch_shards(config, num_devices, target.num_slices) * micro_batches
 
     def fits(multiple: int) -> bool:
         c = with_batch(config, multiple * unit, micro_batches)
-        return memory_model.estimate(c, num_devices, target.platform).peak <= \
-            target.device_memory
+        return memory_model.estimate(c, num_devices, target.platform,
+                                     target.num_slices).peak <= target.device_memory
 
     if not fits(1):
         return None

@@ -9,20 +9,23 @@ window, the median samples/s over the logging windows after the first (which hol
 compilation), and the compiled peak bytes per device of its update step. Plots (PNG): each
 evaluation metric against the global batch, one line per loss (and implementation and
 stage where the grid has several); samples/s and peak memory against the batch.
+
+DIR may be a bucket (`gs://BUCKET/studies/NAME`), read and written through
+`reasonclip_jax.paths`.
 """
 
 from __future__ import annotations
 
 import csv
-import glob
+import io
 import json
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from reasonclip_jax import paths
 from reasonclip_jax.errors import UserError
 
 RUN_RECORD = "run.json"
@@ -36,25 +39,20 @@ HEADLINE = ("/accuracy", "/loss", "_r1", "/top1")
 
 
 def _metrics(run_dir: str) -> list[dict[str, float]]:
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = paths.Path(run_dir, "metrics.jsonl")
+    if not path.exists():
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _total_steps(run_dir: str) -> int | None:
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return int(json.load(f)["total_steps"])
+    path = paths.Path(run_dir, "config.json")
+    return int(json.loads(path.read_text())["total_steps"]) if path.exists() else None
 
 
 def summarize(run_dir: str) -> dict[str, Any]:
     """One row of the report for one run directory."""
-    with open(os.path.join(run_dir, RUN_RECORD)) as f:
-        record = json.load(f)
+    record = json.loads(paths.Path(run_dir, RUN_RECORD).read_text())
     lines = _metrics(run_dir)
     # The trainer writes training windows (with step_time_s) and evaluations as separate lines.
     train = [m for m in lines if "step_time_s" in m]
@@ -77,11 +75,13 @@ def summarize(run_dir: str) -> dict[str, Any]:
 
 def collect(workdir: str) -> list[dict[str, Any]]:
     """Every run under `workdir`, ordered by the grid point."""
-    paths = sorted(glob.glob(os.path.join(workdir, "*", RUN_RECORD)))
-    if not paths:
+    root = paths.Path(workdir)
+    run_dirs = sorted((str(p) for p in root.iterdir() if (p / RUN_RECORD).is_file()),
+                      key=str) if root.is_dir() else []
+    if not run_dirs:
         raise UserError(f"no runs under {workdir} (no */{RUN_RECORD}); give the --workdir of a "
                         "sweep")
-    rows = [summarize(os.path.dirname(p)) for p in paths]
+    rows = [summarize(p) for p in run_dirs]
     return sorted(rows, key=lambda r: (r["stage"], r["loss"], r["loss_impl"], r["batch_size"]))
 
 
@@ -105,10 +105,11 @@ def _format(value: Any) -> str:
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str) -> None:
     columns = ["run", *POINT, *PROGRESS, *TRAIN, *metric_names(rows)]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    paths.write_text(path, text.getvalue())
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> str:
@@ -160,24 +161,26 @@ def plot(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: str) -> N
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
     plt.close(fig)
+    paths.write_bytes(path, image.getvalue())
 
 
 def write_report(workdir: str) -> dict[str, str]:
     """results.csv, results.md and results.png in `workdir`; returns their paths."""
+    workdir = paths.absolute(workdir)
     rows = collect(workdir)
     metrics = metric_names(rows, headline=True)
-    paths = {k: os.path.join(workdir, f"results.{k}") for k in ("csv", "md", "png")}
-    write_csv(rows, paths["csv"])
+    out = {k: paths.join(workdir, f"results.{k}") for k in ("csv", "md", "png")}
+    write_csv(rows, out["csv"])
     unfinished = [r["run"] for r in rows if r["steps_done"] != r["total_steps"]]
-    with open(paths["md"], "w") as f:
-        f.write(f"Batch-size study in `{os.path.basename(os.path.abspath(workdir))}`: "
-                f"{len(rows)} runs; evaluation metrics at each run's last evaluation, "
-                "samples/s the median over logging windows after the first, peak memory "
-                "XLA's figure for the compiled update step.\n\n")
-        f.write(markdown_table(rows, metrics))
-        if unfinished:
-            f.write(f"\nNot finished: {', '.join(unfinished)}.\n")
-    plot(rows, metrics, paths["png"])
-    return paths
+    md = (f"Batch-size study in `{paths.Path(workdir).name}`: {len(rows)} runs; evaluation "
+          "metrics at each run's last evaluation, samples/s the median over logging windows "
+          "after the first, peak memory XLA's figure for the compiled update step.\n\n"
+          + markdown_table(rows, metrics))
+    if unfinished:
+        md += f"\nNot finished: {', '.join(unfinished)}.\n"
+    paths.write_text(out["md"], md)
+    plot(rows, metrics, out["png"])
+    return out

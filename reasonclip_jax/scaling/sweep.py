@@ -15,6 +15,10 @@ report's memory column), and with `device_memory` set, a batch the sweep config 
 micro-batches gets the fewest GradCache micro-batches whose step fits (`scaling/plan.py`).
 `RUN/run.json` also holds the grid point and a fingerprint of the run's config: a workdir
 made by a different sweep config is refused rather than mixed.
+
+The workdir may be a bucket (`--workdir gs://BUCKET/studies/NAME`): the run records go through
+`reasonclip_jax.paths`, and each run's checkpoints, metrics and `best/` through the trainer's
+own bucket support.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from typing import Any
 
 import jax
 import ml_collections
 
+from reasonclip_jax import paths
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.scaling import compiled_memory, grid, plan
 from reasonclip_jax.train import checkpoint, trainer
@@ -44,26 +48,22 @@ def fingerprint(config: ml_collections.ConfigDict) -> str:
 
 def finished(run_dir: str, total_steps: int) -> bool:
     """Whether the run in `run_dir` has saved its last step."""
-    directory = os.path.join(run_dir, "checkpoints")
-    return os.path.isdir(directory) and checkpoint.latest_train_step(directory) == total_steps
+    directory = paths.join(run_dir, "checkpoints")
+    return (paths.Path(directory).is_dir()
+            and checkpoint.latest_train_step(directory) == total_steps)
 
 
 def read_record(run_dir: str) -> dict[str, Any] | None:
-    path = os.path.join(run_dir, RUN_RECORD)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    path = paths.Path(run_dir, RUN_RECORD)
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def write_record(run_dir: str, record: dict[str, Any]) -> None:
+    """`RUN/run.json`, written whole (a reader sees the old record or the new one)."""
     if jax.process_index() != 0:
         return
-    os.makedirs(run_dir, exist_ok=True)
-    tmp = os.path.join(run_dir, RUN_RECORD + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(tmp, os.path.join(run_dir, RUN_RECORD))
+    paths.makedirs(run_dir)
+    paths.write_text(paths.join(run_dir, RUN_RECORD), json.dumps(record, indent=1) + "\n")
 
 
 def fit_and_measure(sweep: ml_collections.ConfigDict, run: grid.Run
@@ -109,13 +109,14 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> list[str]:
     Stops after a run that did not reach its last step (SIGTERM saved it)."""
     runs = grid.make_runs(sweep)
     jax.config.update("jax_threefry_partitionable", True)  # as the trainer compiles
-    os.makedirs(workdir, exist_ok=True)
+    workdir = paths.absolute(workdir)  # a local directory, or a bucket's gs://...
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "sweep_config.json"), "w") as f:
-            f.write(sweep.to_json_best_effort(indent=1) + "\n")
+        paths.makedirs(workdir)
+        paths.write_text(paths.join(workdir, "sweep_config.json"),
+                         sweep.to_json_best_effort(indent=1) + "\n")
     trained = []
     for i, run in enumerate(runs):
-        run_dir = os.path.join(workdir, run.name)
+        run_dir = paths.join(workdir, run.name)
         prepare(sweep, run, run_dir)
         if finished(run_dir, run.config.total_steps):
             log.info("[%d/%d] %s: finished, skipped", i + 1, len(runs), run.name)

@@ -2,13 +2,18 @@
 
     python -m reasonclip_jax.plan --config configs/stage1.py:backbone=L-14-336 \
         --topology v5p:4x4x4 --batch-sizes 16384,32768,65536
+    python -m reasonclip_jax.plan --config configs/stage1.py:backbone=L-14-336 \
+        --topology v5e:16x16 --slices 2 --batch-sizes 65536     (two slices over DCN)
     python -m reasonclip_jax.plan --config configs/sweeps/tiny.py:/tmp/scenes --sweep
     python -m reasonclip_jax.plan --config configs/stage1.py:backbone=B-32 \
         --device-memory 80GiB --devices 64                 (GPUs: the analytic model only)
+    reasonclip-plan ...    (the same, once the package is installed)
 
 Target: `--topology` (a TPU slice, compiled through libtpu without TPU hardware; its HBM
-from a table, or `--device-memory`), else this machine's devices (8 simulated CPU devices
-with XLA_FLAGS=--xla_force_host_platform_device_count=8) with `--device-memory`, or, with
+from a table, or `--device-memory`; `--slices N`: N such slices joined by DCN, the data
+axis split over them as `mesh.dcn.data` says, or over all of them where the config leaves
+it at 1), else this machine's devices (8 simulated CPU devices with
+XLA_FLAGS=--xla_force_host_platform_device_count=8) with `--device-memory`, or, with
 `--devices N`, N devices nothing is compiled for. For each global batch it prints the fewest
 GradCache micro-batches that fit, XLA's peak bytes per device (arguments + outputs -
 aliased + temporaries) and the analytic breakdown; then the largest global batch that fits
@@ -31,6 +36,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer (or, --sweep,
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:4x4, v5p:2x2x2.")
 _MEMORY = flags.DEFINE_string("device-memory", None, "Memory per device, e.g. 16GiB, 80GB.")
 _DEVICES = flags.DEFINE_integer("devices", None, "Devices of a target nothing is compiled for.")
+_SLICES = flags.DEFINE_integer("slices", 1, "--topology: this many slices joined by DCN "
+                               "(multi-slice: the data axis spans them, mesh.dcn.data).",
+                               lower_bound=1)
 _BATCHES = flags.DEFINE_string("batch-sizes", None, "Global batches, e.g. 4096,8192.")
 _SWEEP = flags.DEFINE_bool("sweep", False, "--config is a sweep config: plan its batch sizes.")
 _LARGEST = flags.DEFINE_bool("largest", True, "Search the largest batch without micro-batches.")
@@ -44,7 +52,7 @@ def make_target() -> compiled_memory.Target:
     target = _devices_and_memory()
     if not _COMPILE.value:
         return compiled_memory.Target(target.name, (), target.device_memory, target.platform,
-                                      target.num_devices)
+                                      target.num_devices, target.num_slices)
     return target
 
 
@@ -53,9 +61,12 @@ def _devices_and_memory() -> compiled_memory.Target:
     if _TOPOLOGY.value:
         if _DEVICES.value:
             raise UserError("--topology sets the devices; drop --devices")
-        target = compiled_memory.tpu_target(_TOPOLOGY.value)
+        target = compiled_memory.tpu_target(_TOPOLOGY.value, _SLICES.value)
         return target if memory is None else compiled_memory.Target(
-            target.name, target.devices, memory, target.platform, target.num_devices)
+            target.name, target.devices, memory, target.platform, target.num_devices,
+            target.num_slices)
+    if _SLICES.value != 1:
+        raise UserError("--slices N describes TPU slices: give --topology too")
     if _DEVICES.value:
         if memory is None:
             raise UserError("--devices N needs --device-memory (e.g. 80GiB)")
@@ -107,11 +118,13 @@ def main(argv: Any) -> None:
                             "4096,8192") from None
     batches = batches or [config.input.batch_size]
     target = make_target()
+    if target.num_slices > 1 and int(config.mesh.dcn.data) == 1:
+        config.mesh.dcn.data = -1  # the data axis spans the slices (the multi-slice mesh)
     memory = "unknown memory" if target.device_memory is None else \
         f"{target.device_memory / GiB:.1f} GiB each"
     print(f"target: {target.name} ({target.num_devices} devices, {memory}); "
           f"model {config.model.preset}, {config.stage}, loss {config.loss.kind}/"
-          f"{config.loss.impl}, remat {config.model.remat_policy}, mesh {dict(config.mesh)}")
+          f"{config.loss.impl}, remat {config.model.remat_policy}, mesh {config.mesh.to_dict()}")
     plans = [plan.fewest_micro_batches(config, target, b)[1] for b in batches]
     print(table(plans))
     if _LARGEST.value and target.device_memory is not None:
@@ -122,7 +135,7 @@ def main(argv: Any) -> None:
 
 
 def run() -> None:
-    """`python -m reasonclip_jax.plan ...`"""
+    """`python -m reasonclip_jax.plan ...`, and the `reasonclip-plan` command."""
     cli.run_absl_main(main)
 
 

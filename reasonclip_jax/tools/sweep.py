@@ -4,6 +4,8 @@
         --workdir /tmp/study \
         [--config.samples=... --config.base.input.shuffle_seed=...]
     python -m reasonclip_jax.sweep --report /tmp/study
+    python -m reasonclip_jax.sweep --workdir gs://BUCKET/studies/NAME --config ...   (a bucket)
+    reasonclip-sweep ...    (the same, once the package is installed)
 
 Running the grid writes the report at the end too. Relaunching the same command skips
 finished runs and resumes the interrupted one (`scaling/sweep.py`); `--report DIR` reads the
@@ -52,7 +54,7 @@ def main(argv: Any) -> None:
 
 
 def run() -> None:
-    """`python -m reasonclip_jax.sweep ...`"""
+    """`python -m reasonclip_jax.sweep ...`, and the `reasonclip-sweep` command."""
     cli.run_absl_main(main)
 
 
