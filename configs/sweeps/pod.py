@@ -2,15 +2,19 @@
 global batches 4,096 to 65,536, softmax vs sigmoid, on a TPU v5e or v5p slice.
 
     python -m reasonclip_jax.convert import --format openai --input ViT-L-14-336px.pt \
-        --output /ckpt/clip-vit-l14-336
+        --output gs://BUCKET/ckpt/clip-vit-l14-336
     # the micro-batches below: the planner, for the slice the study runs on
     python -m reasonclip_jax.plan --sweep --topology v5p:4x4x8 \
         --config configs/sweeps/pod.py:backbone=L-14-336,topology=v5p:4x4x8
-    # every worker of the slice (Cloud TPU: --worker=all), the same command
-    python -m reasonclip_jax.sweep --workdir /gcs/BUCKET/studies/l14-336-v5p \
+    # every worker of the slice (Cloud TPU: --worker=all), the same command; the data
+    # mounted read-only at /gcs (README, "On a Cloud TPU pod"), the study in the bucket
+    python -m reasonclip_jax.sweep --workdir gs://BUCKET/studies/l14-336-v5p \
         --config configs/sweeps/pod.py:backbone=L-14-336,topology=v5p:4x4x8,\
-data=/gcs/BUCKET/reasonlite,init=/ckpt/clip-vit-l14-336 --config.base.distributed=True
-    python -m reasonclip_jax.sweep --report /gcs/BUCKET/studies/l14-336-v5p
+data=/gcs/data/reasonlite,init=gs://BUCKET/ckpt/clip-vit-l14-336 --config.base.distributed=True
+    python -m reasonclip_jax.sweep --report gs://BUCKET/studies/l14-336-v5p
+
+Several slices: add --config.base.mesh.dcn.data=-1 (the data axis over them) and plan with
+--slices N.
 
 Arguments: backbone (B-32 | L-14-336), topology (v5e:16x16: 256 chips of 16 GiB, the
 parameters and optimizer state sharded over them (fsdp); v5p:4x4x8: 128 chips of 95 GiB,

@@ -27,7 +27,11 @@ Bytes per device, for a config on `num_devices` devices of a platform:
 Platforms count bytes as their compilers store them: XLA's CPU backend has no bfloat16
 arithmetic and computes (and keeps) bfloat16 values in float32; TPUs and GPUs keep them in
 bfloat16. `reasonclip_jax/scaling/compiled_memory.py` gives the compiled figure this model
-explains (`python -m reasonclip_jax.plan` prints both).
+explains (`python -m reasonclip_jax.plan` prints both). On several slices (`mesh.dcn`) the
+mesh is the one the trainer builds over all of them (`sharding.job_mesh_shape`).
+
+    python -c "from configs.sweeps import tiny; from reasonclip_jax.scaling import \
+memory_model; print(memory_model.estimate(tiny.get_config('/tmp/s').base, 1, 'cpu'))"
 """
 
 from __future__ import annotations
