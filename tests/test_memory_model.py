@@ -3,11 +3,12 @@
 On 8 simulated CPU devices and on a TPU v5e 2x2 slice compiled through libtpu (no TPU
 needed): the analytic peak is within 20% of the compiled peak (arguments + outputs - aliased
 + temporaries) for the tiny model and ViT-B-32, for each loss implementation, with and
-without remat and GradCache. On the TPU slice ViT-B-32 without remat and with full remat is
-not within 20% (0.76 and 0.74 of the compiled peak, the README's table), so those two cases
-are not here. The parts the model adds up are checked against JAX's own shardings. Two v5e
+without remat and GradCache. On the TPU slice ViT-B-32 without remat and without GradCache
+is not within 20% (0.77 of the compiled peak, the README's table: XLA's TPU program takes
+~2.8 GiB more temporaries than its HLO buffer assignment lists), so that case is not here.
+The parts the model adds up are checked against JAX's own shardings. Two v5e
 2x2 slices (multi-slice, `mesh.dcn`): the mesh and weights are checked, the peak only
-loosely (0.69 of the compiled figure, the README).
+loosely (0.70 of the compiled figure, the README).
 """
 
 import jax
@@ -75,6 +76,7 @@ TPU_CASES = [
     ("tiny", 2048, "tiled_ring", "none", 1, "sigmoid"),
     ("tiny", 2048, "gather", "full", 4, "softmax"),
     ("ViT-B-32", 256, "tiled_ring", "none", 2, "softmax"),
+    ("ViT-B-32", 256, "gather", "full", 1, "softmax"),
 ]
 
 
@@ -119,12 +121,24 @@ def test_remat_keeps_fewer_activations_and_cpu_counts_floats_in_float32():
     assert 1.5 < on_cpu / on_gpu <= 2.0
 
 
+def test_tpus_count_the_float32_trees_of_the_step_tiled():
+    """XLA's TPU program keeps the gradients and the update's trees row-major in tiles of
+    8 x 128 (ViT-B-32's attention kernels [.., 12, 64] as [.., 16, 128]); CPUs and GPUs as
+    stored."""
+    c = config("ViT-B-32", 256)
+    on_gpu, on_tpu = (memory_model.estimate(c, 4, p) for p in ("gpu", "tpu"))
+    assert on_gpu.gradients == on_gpu.params
+    assert on_tpu.params == on_gpu.params
+    assert on_tpu.gradients / 2**20 == pytest.approx(764, abs=1)
+    assert on_tpu.update == pytest.approx(3 * on_tpu.gradients)
+
+
 @pytest.mark.slow
 def test_two_tpu_slices_compile_the_multi_slice_mesh():
     """A multi-slice job (`mesh.dcn.data`: the data axis over 2 slices of v5e 2x2): the
     planner's mesh without devices is the one the step compiles on, with the same weights per
     chip. Not within 20%: XLA's multi-slice program holds more temporaries than the model
-    counts (0.69 of the compiled peak; README, "Planning memory"), so only a gross miss fails."""
+    counts (0.70 of the compiled peak; README, "Planning memory"), so only a gross miss fails."""
     target = compiled_memory.tpu_target("v5e:2x2", num_slices=2)
     assert target.num_devices == 8 and target.num_slices == 2
     assert {d.slice_index for d in target.devices} == {0, 1}

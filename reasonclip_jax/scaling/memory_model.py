@@ -24,6 +24,14 @@ Bytes per device, for a config on `num_devices` devices of a platform:
 - optimizer update: the gradients and two more float32 trees of the params' size (the
   clipped gradient and Adam's update, before they are written into the donated buffers).
 
+On TPUs the float32 trees of the params' shape that the step holds as temporaries (the
+gradients and the update's trees) are counted at their tiled size: XLA's TPU program keeps
+them row-major, the two minor dimensions in tiles of 8 x 128, so the attention kernels
+[..., heads, head_dim] of 12 x 64 take 16 x 128 (2.7x: f32[12,768,12,64] is 27 MiB as a
+donated parameter, laid out without padding, and 72 MiB as the optimizer's temporary, in
+the buffer assignment of ViT-B-32's step compiled for v5e). ViT-B-32's float32 tree is
+577 MiB, 764 MiB tiled.
+
 Platforms count bytes as their compilers store them: XLA's CPU backend has no bfloat16
 arithmetic and computes (and keeps) bfloat16 values in float32; TPUs and GPUs keep them in
 bfloat16. `reasonclip_jax/scaling/compiled_memory.py` gives the compiled figure this model
@@ -159,6 +167,43 @@ def weights_per_device(model_config: ModelConfig, category_heads: int,
     return params, state_total * params / params_total
 
 
+def _tiled_bytes(shape: tuple[int, ...], itemsize: int) -> int:
+    """Bytes of a row-major TPU array: the two minor dimensions in tiles of 8 x 128."""
+    if len(shape) >= 2:
+        shape = (*shape[:-2], -(-shape[-2] // 8) * 8, -(-shape[-1] // 128) * 128)
+    elif len(shape) == 1:
+        shape = (-(-shape[0] // 128) * 128,)
+    return math.prod(shape) * itemsize
+
+
+@functools.lru_cache(maxsize=64)
+def gradient_tree_per_device(model_config: ModelConfig, category_heads: int,
+                             mesh_sizes: tuple[tuple[str, int], ...], platform: str) -> float:
+    """Bytes per device of one float32 tree of the params' shape as a temporary of the step:
+    each leaf's shard, tiled on TPUs (`_tiled_bytes`), as stored elsewhere."""
+    model = CLIP(model_config, num_category_heads=category_heads)
+    boxed = jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))
+    specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), sharding.LOGICAL_RULES)
+    sizes = dict(mesh_sizes)
+
+    def leaf(spec: jax.sharding.PartitionSpec, x: jax.ShapeDtypeStruct) -> float:
+        if platform != "tpu":
+            return math.prod(x.shape) * x.dtype.itemsize / _shard_factor(spec, x.shape, sizes)
+        # The shard's shape: each dimension its mesh axes divide is split over them (the
+        # trainer's `_fit`, as `_shard_factor` counts).
+        axes_of = tuple(spec) + (None,) * (len(x.shape) - len(spec))
+        shape = []
+        for dim, axes in zip(x.shape, axes_of, strict=True):
+            names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            size = math.prod(sizes[a] for a in names)
+            shape.append(dim // size if names and dim % size == 0 else dim)
+        return float(_tiled_bytes(tuple(shape), _F32))
+
+    per_leaf = jax.tree.map(leaf, specs, nn.unbox(boxed),
+                            is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    return float(sum(jax.tree.leaves(per_leaf)))
+
+
 def residual_bytes(fn: Any, params: Any, inputs: jax.ShapeDtypeStruct, platform: str) -> int:
     """Bytes of what `jax.vjp` of `fn(params, inputs)` with respect to the params saves for
     the backward pass (traced on shapes only)."""
@@ -243,7 +288,9 @@ def estimate(config: ml_collections.ConfigDict, num_devices: int, platform: str,
         model_config, config.model.dtype, config.model.remat_policy, size, length, texts,
         config.input.image_dtype, platform)
     micro_batch = local // micro
-    gradients = params  # float32 params: the gradient's per-device size
+    # float32 params: the gradient's per-device size (tiled on TPUs)
+    gradients = gradient_tree_per_device(model_config, stage.category_heads,
+                                         tuple(sorted(mesh_sizes.items())), platform)
     gradcache = micro > 1 and config.grad_accum.mode == "gradcache"
     embed_dim = model_config.embed_dim
     return Breakdown(
