@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reasonclip_jax.errors import UserError
 from reasonclip_jax.models.preprocessing import normalization_constants
 from reasonclip_jax.parallel.sharding import constrain
 
@@ -45,15 +46,51 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
+# How attention's softmax(q k^T / sqrt(d)) v is computed (`config.model.attention_impl`):
+#   "einsum"  two einsums around an fp32 softmax, written out here (the original);
+#   "xla"     `jax.nn.dot_product_attention`'s XLA path (fp32 logits, also under bf16);
+#   "cudnn"   its cuDNN fused attention: NVIDIA GPUs, bf16/fp16 compute only.
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+DEFAULT_ATTENTION_IMPL = "einsum"  # the fastest on CPU (bench/bench_attention.py)
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, *, impl: str,
+                          mask: Array | None = None, causal: bool = False) -> Array:
+    """Multi-head attention of `query` [B, T, N, H] over `key`, `value` [B, S, N, H]:
+    softmax(q k^T / sqrt(H)) v per head -> [B, T, N, H], with the softmax in fp32.
+
+    `mask` (bool, broadcastable to [B, N, T, S]; True attends) and `causal` (query t sees
+    keys s <= t) restrict what each query sees; `impl` is one of `ATTENTION_IMPLS`.
+    """
+    if impl == "einsum":
+        head_dim = query.shape[-1]
+        logits = jnp.einsum("bqhd,bkhd->bhqk", query * head_dim**-0.5, key)
+        if causal:
+            keep = jnp.tril(jnp.ones((query.shape[1], key.shape[1]), jnp.bool_))
+            mask = keep if mask is None else jnp.logical_and(mask, keep)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(value.dtype)
+        return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+    if impl not in ATTENTION_IMPLS:
+        raise UserError(f"unknown attention implementation '{impl}'; choose one of "
+                        f"{ATTENTION_IMPLS}")
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=causal,
+                                        implementation=impl)
+
+
 class Attention(nn.Module):
-    """Multi-head attention with separate q/k/v projections (fp32 softmax)."""
+    """Multi-head attention with separate q/k/v projections (fp32 softmax); `causal` masks
+    the future, `impl` picks the kernel (`ATTENTION_IMPLS`)."""
 
     width: int
     heads: int
     dtype: Any
+    causal: bool = False
+    impl: str = DEFAULT_ATTENTION_IMPL
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None, kv: Array | None = None) -> Array:
+    def __call__(self, x: Array, kv: Array | None = None) -> Array:
         """Queries from `x`, keys and values from `kv` (default `x`: self-attention)."""
         head_dim = self.width // self.heads
         std = self.width**-0.5
@@ -68,11 +105,7 @@ class Attention(nn.Module):
 
         q, k, v = proj("query", x), proj("key", kv), proj("value", kv)
         q = constrain(q, ("act_batch", "act_length", "act_heads", None))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k)
-        if mask is not None:
-            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        out = dot_product_attention(q, k, v, impl=self.impl, causal=self.causal)
         return nn.DenseGeneral(
             self.width, axis=(-2, -1), dtype=self.dtype, name="out",
             kernel_init=partitioned(nn.initializers.normal(std), ("heads", "kv", "embed")),
@@ -121,19 +154,23 @@ class ResidualBlock(nn.Module):
     act: str
     eps: float
     dtype: Any
+    causal: bool = False
+    attention_impl: str = DEFAULT_ATTENTION_IMPL
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None) -> tuple[Array, None]:
+    def __call__(self, x: Array, _: None) -> tuple[Array, None]:
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
         h = layer_norm(self.eps, self.dtype, "ln_1")(x)
-        x = x + Attention(self.width, self.heads, self.dtype, name="attn")(h, mask)
+        x = x + Attention(self.width, self.heads, self.dtype, self.causal, self.attention_impl,
+                          name="attn")(h)
         h = layer_norm(self.eps, self.dtype, "ln_2")(x)
         x = x + Mlp(self.width, self.mlp_dim, self.act, self.dtype, name="mlp")(h)
         return x, None
 
 
 class Transformer(nn.Module):
-    """`layers` residual blocks as one `nn.scan` (parameters stacked on a leading axis)."""
+    """`layers` residual blocks as one `nn.scan` (parameters stacked on a leading axis);
+    `causal`: each position attends to itself and the ones before it (CLIP's text)."""
 
     width: int
     layers: int
@@ -143,9 +180,11 @@ class Transformer(nn.Module):
     eps: float
     dtype: Any
     remat_policy: str = "none"
+    causal: bool = False
+    attention_impl: str = DEFAULT_ATTENTION_IMPL
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array) -> Array:
         block = ResidualBlock
         if self.remat_policy != "none":
             block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
@@ -158,8 +197,9 @@ class Transformer(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         x, _ = stack(
-            self.width, self.heads, self.mlp_dim, self.act, self.eps, self.dtype, name="layers"
-        )(x, mask)
+            self.width, self.heads, self.mlp_dim, self.act, self.eps, self.dtype, self.causal,
+            self.attention_impl, name="layers",
+        )(x, None)
         return x
 
 
