@@ -6,7 +6,8 @@ median per implementation and its time over the einsum one's.
     python bench/bench_attention.py --impls einsum,xla,cudnn --dtype bfloat16   (GPU)
 
 Rows: the image tower's self-attention, the text tower's (causal for CLIP), and for SigLIP
-its pooling head's one query. `cudnn` runs on NVIDIA GPUs in bf16/fp16 only; an
+its pooling head's one query; each tower's layers stacked on the batch axis (one call with
+the tower's attention FLOPs). `cudnn` runs on NVIDIA GPUs in bf16/fp16 only; an
 implementation that cannot run on this device prints its error instead of a time.
 """
 
@@ -31,17 +32,17 @@ from reasonclip_jax.models.clip import get_preset  # noqa: E402
 from reasonclip_jax.models.config import ModelConfig  # noqa: E402
 
 
-def attention_shapes(config: ModelConfig, batch: int) -> dict[str, tuple[int, int, int, int,
-                                                                          bool]]:
-    """Name -> (batch x layers, queries, keys, heads, causal) of each attention of the model;
-    a tower's layers are stacked on the batch axis (same FLOPs, one call)."""
+def attention_shapes(config: ModelConfig, batch: int, stack_layers: bool = True
+                     ) -> dict[str, tuple[int, int, int, int, bool]]:
+    """Name -> (batch, queries, keys, heads, causal) of each attention of the model; with
+    `stack_layers`, a tower's layers are stacked on the batch axis (its FLOPs, one call)."""
     patches = (config.image_size // config.patch_size) ** 2
     siglip = config.family == "siglip"
     image_len = patches if siglip else patches + 1  # CLIP has a class token
+    vision, text = ((config.vision_layers, config.text_layers) if stack_layers else (1, 1))
     shapes = {
-        "image": (batch * config.vision_layers, image_len, image_len, config.vision_heads,
-                  False),
-        "text": (batch * config.text_layers, config.context_length, config.context_length,
+        "image": (batch * vision, image_len, image_len, config.vision_heads, False),
+        "text": (batch * text, config.context_length, config.context_length,
                  config.text_heads, not siglip),
     }
     if siglip:
@@ -69,10 +70,11 @@ def attention_step(impl: str, shape: tuple[int, int, int, int, bool], head_dim: 
 
 
 def compare_impls(config: ModelConfig, batch: int, impls: list[str], dtype: jnp.dtype,
-                  repeats: int) -> dict[str, dict[str, float | str]]:
+                  repeats: int, stack_layers: bool = True
+                  ) -> dict[str, dict[str, float | str]]:
     """Row -> impl -> median seconds of forward + backward (or the error's first line)."""
     results: dict[str, dict[str, float | str]] = {}
-    for row, shape in attention_shapes(config, batch).items():
+    for row, shape in attention_shapes(config, batch, stack_layers).items():
         width = config.vision_width if row != "text" else config.text_width
         heads = shape[3]
         calls, out = {}, {}

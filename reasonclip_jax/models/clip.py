@@ -28,6 +28,7 @@ from reasonclip_jax.models.layers import (  # noqa: F401  (the names this module
     REMAT_POLICIES,
     Attention,
     Mlp,
+    PatchEmbedding,
     ResidualBlock,
     Transformer,
     embed_tokens,
@@ -93,12 +94,8 @@ class VisionTower(nn.Module):
         c = self.config
         w, p = c.vision_width, c.patch_size
         scale = w**-0.5
-        x = nn.Conv(
-            w, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=self.dtype,
-            name="conv1",
-            kernel_init=partitioned(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-        )(images.astype(self.dtype))
-        x = x.reshape(x.shape[0], -1, w)
+        x = PatchEmbedding(w, p, use_bias=False, dtype=self.dtype, name="conv1")(
+            images.astype(self.dtype))
         cls = self.param("class_embedding",
                          partitioned(nn.initializers.normal(scale), ("embed",)), (w,))
         cls = jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, w))

@@ -8,6 +8,7 @@ LayerNorm statistics, and logical axis names on every parameter and activation
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -113,7 +114,42 @@ class Attention(nn.Module):
         )(out)
 
 
+class PatchEmbedding(nn.Module):
+    """Non-overlapping `patch` x `patch` patches of [B, H, W, C] images projected to `width`:
+    the stride-`patch` VALID convolution as one matmul (its kernel gradient one matmul too)
+    -> [B, (H // patch) * (W // patch), width]; rows and columns past the last whole patch
+    are dropped, as the convolution drops them. Parameters as `nn.Conv`'s: `kernel`
+    [patch, patch, C, width], `bias` [width]."""
+
+    width: int
+    patch: int
+    use_bias: bool
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, images: Array) -> Array:
+        p = self.patch
+        b, rows, cols, c = images.shape
+        h, w = rows // p * p, cols // p * p
+        images = images[:, :h, :w]
+        kernel = self.param("kernel", partitioned(nn.initializers.lecun_normal(),
+                                                  (None, None, None, "embed")),
+                            (p, p, c, self.width), jnp.float32)
+        patches = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        patches = patches.reshape(b, (h // p) * (w // p), p * p * c)
+        x = patches @ kernel.reshape(p * p * c, self.width).astype(self.dtype)
+        if self.use_bias:
+            bias = self.param("bias", partitioned(nn.initializers.zeros, ("embed",)),
+                              (self.width,), jnp.float32)
+            x = x + bias.astype(self.dtype)
+        return x
+
+
 class Mlp(nn.Module):
+    """c_fc, the activation, c_proj. The activation is recomputed from its input in the
+    backward pass: one [tokens, mlp_dim] array kept per layer instead of the two or three
+    its autodiff would keep (the input, the sigmoid or tanh, the product)."""
+
     width: int
     mlp_dim: int
     act: str
@@ -128,7 +164,7 @@ class Mlp(nn.Module):
             bias_init=partitioned(nn.initializers.zeros, ("mlp",)),
         )(x)
         x = constrain(x, ("act_batch", "act_length", "act_mlp"))
-        x = ACTIVATIONS[self.act](x)
+        x = jax.checkpoint(ACTIVATIONS[self.act], prevent_cse=False)(x)
         return nn.Dense(
             self.width, dtype=self.dtype, name="c_proj",
             kernel_init=partitioned(nn.initializers.normal(std), ("mlp", "embed")),
@@ -136,13 +172,62 @@ class Mlp(nn.Module):
         )(x)
 
 
-def layer_norm(eps: float, dtype: Any, name: str) -> nn.LayerNorm:
-    """LayerNorm with statistics in fp32 (flax promotes), params named scale/bias."""
-    return nn.LayerNorm(
-        epsilon=eps, dtype=dtype, name=name,
-        scale_init=partitioned(nn.initializers.ones, ("norm",)),
-        bias_init=partitioned(nn.initializers.zeros, ("norm",)),
-    )
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm_fn(x: Array, scale: Array, bias: Array, eps: float) -> Array:
+    """(x - mean) / sqrt(var + eps) * scale + bias over the last axis, in fp32 (returns
+    fp32). Its backward keeps x, the mean and 1/std only and writes the gradient out, where
+    autodiff would keep the centred and the normalised x as well."""
+    return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _normalized(x: Array, mean: Array, rstd: Array) -> Array:
+    return (x.astype(jnp.float32) - mean) * rstd
+
+
+def _layer_norm_fwd(x: Array, scale: Array, bias: Array, eps: float
+                    ) -> tuple[Array, tuple[Array, ...]]:
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, -1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(xf - mean), -1, keepdims=True) + eps)
+    return _normalized(x, mean, rstd) * scale + bias, (x, mean, rstd, scale)
+
+
+def _layer_norm_bwd(eps: float, res: tuple[Array, ...], dy: Array
+                    ) -> tuple[Array, Array, Array]:
+    del eps
+    x, mean, rstd, scale = res
+    xhat, dy = _normalized(x, mean, rstd), dy.astype(jnp.float32)
+    g = dy * scale
+    dx = rstd * (g - jnp.mean(g, -1, keepdims=True)
+                 - xhat * jnp.mean(g * xhat, -1, keepdims=True))
+    axes = tuple(range(x.ndim - 1))
+    return (dx.astype(x.dtype), jnp.sum(dy * xhat, axes).astype(scale.dtype),
+            jnp.sum(dy, axes).astype(scale.dtype))
+
+
+layer_norm_fn.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis (`layer_norm_fn`): fp32 statistics and fp32 `scale` and
+    `bias` parameters, output in `dtype`; the parameters of `nn.LayerNorm`."""
+
+    epsilon: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        features = (x.shape[-1],)
+        scale = self.param("scale", partitioned(nn.initializers.ones, ("norm",)), features,
+                           jnp.float32)
+        bias = self.param("bias", partitioned(nn.initializers.zeros, ("norm",)), features,
+                          jnp.float32)
+        return layer_norm_fn(x, scale, bias, self.epsilon).astype(self.dtype)
+
+
+def layer_norm(eps: float, dtype: Any, name: str) -> LayerNorm:
+    """LayerNorm with statistics in fp32, params named scale/bias."""
+    return LayerNorm(eps, dtype, name=name)
 
 
 class ResidualBlock(nn.Module):

@@ -38,6 +38,7 @@ from reasonclip_jax.models.layers import (
     DEFAULT_ATTENTION_IMPL,
     Attention,
     Mlp,
+    PatchEmbedding,
     Transformer,
     embed_tokens,
     layer_norm,
@@ -164,13 +165,8 @@ class VisionTower(nn.Module):
             images = normalize_pixels(images, "siglip")
         c = self.config
         w, p = c.vision_width, c.patch_size
-        x = nn.Conv(
-            w, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-            name="patch_embedding",
-            kernel_init=partitioned(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-            bias_init=partitioned(nn.initializers.zeros, ("embed",)),
-        )(images.astype(self.dtype))
-        x = x.reshape(x.shape[0], -1, w)
+        x = PatchEmbedding(w, p, use_bias=True, dtype=self.dtype, name="patch_embedding")(
+            images.astype(self.dtype))
         pos = self.param(
             "positional_embedding", partitioned(nn.initializers.normal(w**-0.5),
                                                 (None, "embed")), (x.shape[1], w),
