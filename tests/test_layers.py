@@ -1,6 +1,8 @@
-"""The shared layers' attention (`models/layers.py`): every implementation against a float64
-numpy reference, forward and backward, with masks; and the implementations against each
-other through whole CLIP and SigLIP models.
+"""The shared layers (`models/layers.py`). Attention: every implementation against a float64
+numpy reference, forward and backward, with masks, and the implementations against each
+other through whole CLIP and SigLIP models. LayerNorm against flax's and a float64 formula,
+the MLP against its plain activation, the patch embedding against the strided convolution;
+and what their backward passes keep.
 
     python -m pytest -q tests/test_layers.py
 """
@@ -168,3 +170,87 @@ def test_attention_impl_is_carried_to_every_attention(monkeypatch):
         (1, patches, "einsum", False),  # SigLIP's pooling head
         (64, 64, "einsum", False),  # SigLIP text
     }
+
+
+def _saved(fn, x):
+    """The arrays of x's shape that the backward pass of `fn` keeps from the forward."""
+    _, vjp = jax.vjp(fn, x)
+    return [leaf for leaf in jax.tree.leaves(vjp) if getattr(leaf, "shape", None) == x.shape]
+
+
+def test_layer_norm_matches_flax_and_float64(rng):
+    x = jnp.asarray(3 + 2 * rng.standard_normal((3, 5, 16)), jnp.float32)
+    ours, flax_ln = layers.LayerNorm(1e-5, jnp.float32), nn.LayerNorm(1e-5)
+    params = nn.unbox(ours.init(jax.random.key(0), x))
+    jax.tree.map(np.testing.assert_array_equal, params, flax_ln.init(jax.random.key(0), x))
+    params = jax.tree.map(lambda p: p + jnp.asarray(rng.standard_normal(p.shape), p.dtype),
+                          params)
+    x64 = np.asarray(x, np.float64)
+    scale, bias = (np.asarray(params["params"][k], np.float64) for k in ("scale", "bias"))
+    reference = ((x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True)
+                                                                 + 1e-5)) * scale + bias
+    np.testing.assert_allclose(ours.apply(params, x), reference, atol=2e-6, rtol=0)
+    cotangent = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+
+    def grads(module):
+        return jax.grad(lambda p, x: jnp.sum(module.apply(p, x) * cotangent),
+                        argnums=(0, 1))(params, x)
+
+    for g, r in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(flax_ln)), strict=True):
+        np.testing.assert_allclose(g, r, atol=2e-5 * np.abs(r).max(), rtol=0)
+    bf16 = layers.LayerNorm(1e-5, jnp.bfloat16).apply(params, x.astype(jnp.bfloat16))
+    assert bf16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(bf16, np.float32), reference, atol=0.05, rtol=0.01)
+
+
+def test_layer_norm_backward_keeps_only_its_input(rng):
+    x = jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32)
+    ours, flax_ln = layers.LayerNorm(1e-5, jnp.float32), nn.LayerNorm(1e-5)
+    params = nn.unbox(ours.init(jax.random.key(0), x))
+    assert len(_saved(lambda x: ours.apply(params, x), x)) == 1
+    assert len(_saved(lambda x: flax_ln.apply(params, x), x)) == 3  # autodiff's, for contrast
+
+
+@pytest.mark.parametrize("act", sorted(layers.ACTIVATIONS))
+def test_mlp_backward_keeps_one_hidden_array(act, rng):
+    # The activation is recomputed in the backward pass: of the [.., mlp_dim] arrays only
+    # the activation's input is kept (its autodiff alone keeps three, tanh GELU five).
+    x = jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32)
+    mlp = layers.Mlp(16, 64, act, jnp.float32)
+    params = nn.unbox(mlp.init(jax.random.key(0), x))
+    _, vjp = jax.vjp(lambda x: mlp.apply(params, x), x)
+    hidden = [leaf for leaf in jax.tree.leaves(vjp) if getattr(leaf, "shape", None) == (2, 5, 64)]
+    assert len(hidden) == 1
+    act_fn = layers.ACTIVATIONS[act]
+    assert len(_saved(lambda h: act_fn(h) @ jnp.ones((64, 4)), jnp.ones((2, 5, 64)))) >= 3
+    # and the gradient is the plain activation's
+    def plain(p, x):
+        h = x @ p["params"]["c_fc"]["kernel"] + p["params"]["c_fc"]["bias"]
+        return act_fn(h) @ p["params"]["c_proj"]["kernel"] + p["params"]["c_proj"]["bias"]
+
+    cotangent = jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32)
+    ours = jax.grad(lambda p: jnp.sum(mlp.apply(p, x) * cotangent))(params)
+    reference = jax.grad(lambda p: jnp.sum(plain(p, x) * cotangent))(params)
+    for g, r in zip(jax.tree.leaves(ours), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_allclose(g, r, atol=1e-5 * np.abs(r).max(), rtol=0)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+@pytest.mark.parametrize("size", [32, 30])  # 30: the last 6 rows and columns are dropped
+def test_patch_embedding_is_the_strided_convolution(use_bias, size, rng):
+    images = jnp.asarray(rng.standard_normal((2, size, size, 3)), jnp.float32)
+    ours = layers.PatchEmbedding(8, 8, use_bias=use_bias, dtype=jnp.float32)
+    conv = nn.Conv(8, (8, 8), strides=(8, 8), padding="VALID", use_bias=use_bias,
+                   kernel_init=nn.initializers.lecun_normal())
+    params = nn.unbox(ours.init(jax.random.key(0), images))
+    conv_params = conv.init(jax.random.key(0), images)
+    jax.tree.map(np.testing.assert_array_equal, params, conv_params)  # the same init
+    if use_bias:
+        params = jax.tree.map(lambda p: p + 0.1, params)
+    out = ours.apply(params, images)
+    assert out.shape == (2, (size // 8) ** 2, 8)
+    np.testing.assert_allclose(out, conv.apply(params, images).reshape(out.shape), atol=1e-5)
+    cotangent = jnp.asarray(rng.standard_normal(out.shape), jnp.float32)
+    g = jax.grad(lambda p: jnp.sum(ours.apply(p, images) * cotangent))(params)
+    r = jax.grad(lambda p: jnp.sum(conv.apply(p, images).reshape(out.shape) * cotangent))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), g, r)

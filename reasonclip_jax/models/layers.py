@@ -1,7 +1,10 @@
 """The layers CLIP and SigLIP towers share: pre-LayerNorm residual blocks stacked with
 `nn.scan` (one compiled block per tower), optional rematerialisation, fp32 softmax and
 LayerNorm statistics, and logical axis names on every parameter and activation
-(`reasonclip_jax.parallel.sharding` maps them to mesh axes).
+(`reasonclip_jax.parallel.sharding` maps them to mesh axes). Attention is computed by the
+implementation the config names (`ATTENTION_IMPLS`). What a backward pass keeps is kept
+small: LayerNorm's backward is written out (x, mean, 1/std kept) and the MLP's activation is
+recomputed from its input; the patch embedding is one matmul.
 
     python -c "from reasonclip_jax.models import layers; print(sorted(layers.REMAT_POLICIES))"
 """
@@ -147,8 +150,8 @@ class PatchEmbedding(nn.Module):
 
 class Mlp(nn.Module):
     """c_fc, the activation, c_proj. The activation is recomputed from its input in the
-    backward pass: one [tokens, mlp_dim] array kept per layer instead of the two or three
-    its autodiff would keep (the input, the sigmoid or tanh, the product)."""
+    backward pass: one [tokens, mlp_dim] array kept for it per layer instead of the three
+    (five for tanh GELU) that its autodiff keeps."""
 
     width: int
     mlp_dim: int
