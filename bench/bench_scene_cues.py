@@ -1,14 +1,17 @@
 """How fast can an image model learn to read the scenes' state cues? A supervised probe.
 
     python bench/bench_scene_cues.py [--steps 300] [--train-scenes 2000] [--test-scenes 500]
+    # the demo's image tower (configs/demo.py): 48 px, width 128
+    python bench/bench_scene_cues.py --image-size 48 --no-cnn \
+        --vit vision_width=128,vision_heads=4,vision_mlp_dim=512
 
 The demo's benchmark asks which state of a known family a scene shows. This trains, with
-labels instead of captions, two image models to answer exactly that (softmax over the
-family's states, one term per fact of a scene) and reports their held-out accuracy:
-the demo's tiny CLIP image tower (patch-8 ViT, 2 layers, width 64, from scratch) and a
-small CNN (three 3x3 stride-2 convolutions and a dense layer). Same scenes, optimizer
-(AdamW, warmup + cosine), batch and steps. If the ViT stays near chance where the CNN does
-not, the cues are learnable and the demo's bottleneck is the vision tower's learning speed,
+labels instead of captions, image models to answer exactly that (softmax over the family's
+states, one term per fact of a scene) and reports their held-out accuracy: the tiny CLIP
+preset's image tower (patch-8 ViT, 2 layers, width 64, from scratch), any `--vit` variants
+of it, and a small CNN (three 3x3 stride-2 convolutions and a dense layer). Same scenes,
+optimizer (AdamW, warmup + cosine), batch and steps. If a ViT stays near chance where the
+CNN does not, the cues are learnable and the bottleneck is that tower's learning speed,
 not the data or the contrastive recipe.
 """
 

@@ -18,7 +18,8 @@ from packaging.requirements import Requirement
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ("reasonclip-train", "reasonclip-evaluate", "reasonclip-encode",
-            "reasonclip-convert", "reasonclip-launch", "reasonclip-build-data")
+            "reasonclip-convert", "reasonclip-launch", "reasonclip-build-data",
+            "reasonclip-sweep", "reasonclip-plan")
 
 
 def _project() -> dict:
@@ -116,3 +117,10 @@ def test_pip_install_gives_the_console_commands(tmp_path, editable):
     build = _run([os.path.join(bin_dir, "reasonclip-build-data"), "--source", "nothing",
                   "--output", str(tmp_path / "o")], cwd=str(tmp_path))
     assert build.returncode == 2 and "invalid choice: 'nothing'" in build.stderr
+    report = _run([os.path.join(bin_dir, "reasonclip-sweep"), "--report",
+                   str(tmp_path / "nothing")], cwd=str(tmp_path))
+    assert report.returncode == 2 and "error: no runs under" in report.stderr
+    planned = _run([os.path.join(bin_dir, "reasonclip-plan"),
+                    "--config=configs/sweeps/tiny.py:/nowhere", "--sweep", "--devices=8",
+                    "--device-memory=1GiB", "--nolargest"], cwd=ROOT)
+    assert planned.returncode == 0 and "| 128 |" in planned.stdout, planned.stderr[-3000:]

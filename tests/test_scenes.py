@@ -35,8 +35,8 @@ def captions(scene: scenes.Scene) -> tuple:
 # sha256 over scenes 0..59 of seed 0 at image_size 64: per scene its key, raw RGB pixels
 # (Image.tobytes) and all captions, labels and benchmark sets as sorted-key JSON. A change that
 # alters the data fails here; if the change is intended, recompute the value and say so in the
-# commit (last: facts fill their slots without jitter; reasoning captions state all three facts).
-GOLDEN_SHA256 = "5a4b373b8fc9a595dc673af915da31434c06ece524c4296aa4a75258a326317d"
+# commit (last: category captions name their fact's objects as seen).
+GOLDEN_SHA256 = "8a54fccf3aa5adc72ce83ba701b4796f4bed9130882e38e28627eef24923d35d"
 
 
 def test_scenes_are_byte_identical_to_the_golden_fingerprint():
@@ -117,6 +117,18 @@ def test_caption_limits(batch):
             assert len(text.split()) <= 30
         for s in scene.bench_sets:
             assert all(len(t.split()) <= 30 for t in [s["gt"], *s["neg"]])
+
+
+def test_category_captions_name_their_objects_then_reason(batch):
+    for scene in batch:
+        spec = scenes.sample_spec(scenes.scene_rng(int(scene.key.rsplit("-", 1)[1]), 11))
+        for fact, (category, text) in zip(spec.facts, scene.cat_captions, strict=True):
+            assert category == fact.category
+            assert text.startswith(scenes.sentence(fact.description())[:-1] + ": ")
+            assert text.endswith(fact.inference() + ".")
+            with_cue = scenes.sentence(f"{fact.description()}: {fact.evidence()}, so "
+                                       f"{fact.inference()}")
+            assert text == with_cue or len(with_cue.split()) > scenes.MAX_CATEGORY_WORDS
 
 
 def test_every_state_of_a_family_means_something_else():

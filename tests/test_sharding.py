@@ -89,6 +89,27 @@ def test_one_slice_mesh_is_the_plain_mesh():
     assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
 
 
+def test_job_mesh_shape_is_the_shape_make_mesh_builds():
+    """The planner's mesh without devices: within a slice times across slices."""
+    for sizes, slices in [(dict(data=1, fsdp=2, tensor=2, dcn=dict(data=3)), None),
+                          (dict(data=2, fsdp=2, dcn=dict(data=-1)), 3),
+                          (dict(data=-1, fsdp=2, tensor=1, dcn=dict(data=1)), None)]:
+        devices = [FakeDevice(i, i % 3) for i in range(12)]
+        dcn = sizes.get("dcn", {})
+        grid = (sharding.multi_slice_grid({k: v for k, v in sizes.items() if k != "dcn"},
+                                          dcn, devices, by_process=True)
+                if dcn.get("data") != 1 else None)
+        shape = sharding.job_mesh_shape(sizes, 12, slices)
+        if grid is not None:
+            assert shape == grid.shape
+        else:
+            assert shape == sharding.mesh_shape(dict(data=-1, fsdp=2, tensor=1), 12)
+    with pytest.raises(UserError, match="mesh.dcn.data=-1 takes every slice"):
+        sharding.job_mesh_shape(dict(data=2, dcn=dict(data=-1)), 8)
+    with pytest.raises(UserError, match="mesh.dcn across 2 slices"):
+        sharding.job_mesh_shape(dict(data=-1, dcn=dict(data=4)), 8, 2)
+
+
 def _param_shardings(mesh, config=None):
     model = CLIP(config or get_preset("tiny"))
     boxed = jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))

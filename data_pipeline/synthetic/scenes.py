@@ -176,6 +176,19 @@ def with_evidence(fact: FactSpec, state: int | None = None) -> str:
     return sentence(f"{fact.evidence(state)}, so {fact.inference(state)}")
 
 
+MAX_CATEGORY_WORDS = 30  # the recipe's limit for a ReasonPro caption
+
+
+def grounded(fact: FactSpec) -> str:
+    """A stage-2 category caption: the fact's objects as seen (colours included, as
+    visually grounded captions name them), then its evidence and inference; without the
+    evidence when that would pass MAX_CATEGORY_WORDS."""
+    text = sentence(f"{fact.description()}: {fact.evidence()}, so {fact.inference()}")
+    if len(text.split()) > MAX_CATEGORY_WORDS:
+        text = sentence(f"{fact.description()}: {fact.inference()}")
+    return text
+
+
 def describe(spec: SceneSpec, rng: random.Random) -> tuple[str, str, str]:
     """Three descriptive captions: objects, colours and positions, never the states.
     Semicolons separate the facts, since one fact may name two objects."""
@@ -248,7 +261,7 @@ def render_scene(spec: SceneSpec, key: str, image_size: int, rng: random.Random)
         desc=describe(spec, rng),
         reason=explain(spec, rng),
         image_labels=tuple(f.category for f in spec.facts),  # type: ignore[arg-type]
-        cat_captions=tuple((f.category, with_evidence(f)) for f in spec.facts),
+        cat_captions=tuple((f.category, grounded(f)) for f in spec.facts),
         bench_sets=bench_sets(spec, rng),
     )
 

@@ -153,6 +153,30 @@ def multi_slice_grid(sizes: Mapping[str, int], dcn: Mapping[str, int],
                                                 process_is_granule=by_process)
 
 
+def job_mesh_shape(sizes: Mapping[str, Any], num_devices: int,
+                   num_slices: int | None = None) -> tuple[int, ...]:
+    """Sizes per axis of MESH_AXES of the mesh `make_mesh` builds over `num_devices` devices
+    in `num_slices` slices, without devices (the memory planner's analytic model): with
+    `sizes["dcn"]`, the sizes within a slice times those across slices. `num_slices` None:
+    as many as `mesh.dcn` names (a `-1` there needs it)."""
+    sizes = dict(sizes)
+    dcn = {a: int(s) for a, s in dict(sizes.pop("dcn", None) or {}).items()}
+    if all(s == 1 for s in dcn.values()):
+        return mesh_shape(sizes, num_devices)
+    if num_slices is None:
+        if -1 in dcn.values():
+            raise UserError("mesh.dcn.data=-1 takes every slice: give the number of slices")
+        num_slices = math.prod(dcn.values())
+    if num_devices % num_slices:
+        raise UserError(f"{num_devices} devices do not split into {num_slices} slices")
+    try:
+        across = mesh_shape(dcn, num_slices)
+    except UserError as e:
+        raise UserError(f"mesh.dcn across {num_slices} slices: {e}") from None
+    within = mesh_shape(sizes, num_devices // num_slices)
+    return tuple(a * w for a, w in zip(across, within, strict=True))
+
+
 def batch_size_per_shard(mesh: Mesh, global_batch: int) -> int:
     """Examples per batch shard; the global batch must split evenly over data x fsdp."""
     shards = math.prod(mesh.shape[a] for a in BATCH_AXES)

@@ -6,9 +6,10 @@
 - `ArgumentParser` reports a bad command line as one line (`error: ... (see --help)`, exit 2)
   and gives every tool `--verbose`.
 - `entry_point` wraps an argparse tool's `main`: logging set up, `UserError` -> one line, exit 2.
-- `run_absl_main` replaces `absl.app.run` for the trainer: the same logging and errors, a
-  `--verbose` flag, and `--config.KEY=...` overrides of unknown keys named in one line
-  (`check_config_overrides`).
+- `run_absl_main` replaces `absl.app.run` for the config-file tools (train, sweep, plan): the
+  same logging and errors, a `--verbose` flag, `--config.KEY=...` overrides of unknown keys
+  named in one line (`check_config_overrides`), and config files that import their
+  neighbours from the working directory, as under `python -m`, from a console command too.
 
 Logging: one format on stderr; the project's loggers (`reasonclip_jax`, `data_pipeline`,
 `configs`, and `absl.logging` calls made from their files) at INFO; every other library at
@@ -254,6 +255,10 @@ def run_absl_main(main: Callable[[list[str]], Any], config_flag: str = "config")
     """
     from absl import app, flags
 
+    # Config files import their neighbours (`from configs import common`) from the working
+    # directory, where `python -m` looks; a console command's path does not hold it.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     if "verbose" not in flags.FLAGS:
         flags.DEFINE_bool("verbose", False, VERBOSE_HELP)
     # After app.run's own set-up, which installs absl's handler and sets the root level.

@@ -1,6 +1,6 @@
 """The end-to-end demo: the paper's protocol in miniature, on built-in synthetic data, on a CPU.
 
-    python -m reasonclip_jax.demo [--workdir /tmp/reasonclip_demo] [--seeds 1] [--steps 300] \
+    python -m reasonclip_jax.demo [--workdir /tmp/reasonclip_demo] [--seeds 1] [--steps 600] \
         [--backbone clip|siglip]
 
 Per seed:
@@ -33,6 +33,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from configs import demo as demo_config
 from reasonclip_jax.tools import cli
 
 # The repository root (this file is reasonclip_jax/tools/demo.py): children run from there.
@@ -47,6 +48,9 @@ _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 def _run(args: Sequence[str], quiet: bool = False) -> None:
     print("$", " ".join(args), flush=True)
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # The demo is sized for a CPU; without this a machine with libtpu installed (the `tpu`
+    # extra) probes for TPUs at every start and prints its warnings.
+    env.setdefault("JAX_PLATFORMS", "cpu")
     out = subprocess.DEVNULL if quiet else None
     subprocess.run(args, check=True, cwd=ROOT, env=env, stdout=out)
 
@@ -93,6 +97,7 @@ class Demo:
         _run([sys.executable, "-m", "data_pipeline.build", "--source", "scenes",
               "--num-scenes", str(a.num_scenes), "--num-bench-scenes", str(a.num_bench_scenes),
               "--scene-group-size", str(a.group_size), "--seed", str(self.seed),
+              "--image-size", str(demo_config.IMAGE_SIZE),
               "--output", self.data], quiet=True)
 
     def train(self, arm: str, stage: str, steps: int, init_from: str = "") -> str:
@@ -100,13 +105,14 @@ class Demo:
         variant = "smoke_demo" if self.args.smoke else ""
         a = self.args
         extra = [f"--config.init_from={init_from}"] if init_from else []
+        if stage != "stage0":  # descriptive-only runs take random batches (configs/demo.py)
+            extra.append(f"--config.input.group_size={a.group_size}")
         if not os.path.exists(os.path.join(workdir, "checkpoints", str(steps))):
             _run([sys.executable, "-m", "reasonclip_jax.train",
                   f"--config=configs/demo.py:{self.data},{stage},{variant},"
                   f"backbone={a.backbone}",
                   f"--workdir={workdir}", f"--config.total_steps={steps}",
                   f"--config.seed={self.seed}", f"--config.input.shuffle_seed={self.seed}",
-                  f"--config.input.group_size={a.group_size}",
                   f"--config.eval_every={max(1, a.steps // 2)}",
                   f"--config.checkpoint.every_steps={steps}", *extra])
         return workdir
@@ -223,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-bench-scenes", type=int, default=1000)
     parser.add_argument("--group-size", type=int, default=8, help="sibling scenes per group")
     parser.add_argument("--base-steps", type=int, default=600)
-    parser.add_argument("--steps", type=int, default=300, help="S")
+    parser.add_argument("--steps", type=int, default=600, help="S")
     parser.add_argument("--backbone", choices=("clip", "siglip"), default="clip",
                         help="the tiny CLIP (softmax loss) or the tiny SigLIP (sigmoid loss)")
     parser.add_argument("--smoke", action="store_true", help="seconds-long: tiny everything")

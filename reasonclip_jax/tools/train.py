@@ -9,8 +9,6 @@ A mistyped `--config.KEY` stops at once with one line naming the closest key.
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 from absl import flags
@@ -37,10 +35,6 @@ def main(argv: Any) -> None:
 
 def run() -> None:
     """`python -m reasonclip_jax.train ...`, and the `reasonclip-train` command."""
-    # Config files import their neighbours (`from configs import common`) from the working
-    # directory, where `python -m` looks; a console command's path does not hold it.
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
     cli.run_absl_main(main)
 
 

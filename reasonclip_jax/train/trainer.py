@@ -21,7 +21,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -93,6 +93,66 @@ def train_step(params: Any, state: dict[str, Any], batch: dict[str, jax.Array], 
     if opt.l2_init_beta:
         m["l2_init_penalty"] = opt.l2_init_penalty(params, opt_state.inner_state)
     return optax.apply_updates(params, updates), dict(opt_state=opt_state, step=step + 1), m
+
+
+# --------------------------------------------------------------------------- the program
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """A config's model, objective and optimizer on a mesh, and the jitted update function
+    with its shardings and donation: what the trainer runs and `plan` compiles."""
+
+    model_config: ModelConfig
+    model: CLIP
+    objective: stages.Objective
+    opt: optimizer.Optimizer
+    init_state: Callable[[Any], dict[str, Any]]
+    params_shape: Any  # unboxed jax.ShapeDtypeStructs
+    state_shape: Any
+    params_sharding: Any
+    state_sharding: Any
+    update: Any  # jit(train_step): (params, state, batch) -> (params, state, metrics)
+
+    def abstract_params(self) -> Any:
+        return sharding.abstract_arrays(self.params_shape, self.params_sharding)
+
+    def abstract_state(self) -> Any:
+        return sharding.abstract_arrays(self.state_shape, self.state_sharding)
+
+
+def build_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Program:
+    """The model, stage objective, optimizer, shardings and update function of `config`."""
+    stage = stages.get_stage(config.stage)
+    model_config = model_config_of(config)
+    check_input_fits_model(config.input, model_config)
+    model = CLIP(model_config, dtype=jnp.dtype(config.model.dtype),
+                 remat_policy=config.model.remat_policy, num_category_heads=stage.category_heads)
+    objective = stages.Objective(stage, model, config.loss, mesh, sharding.BATCH_AXES,
+                                 config.total_steps, config.input.text_fields)
+    if config.grad_accum.mode not in ("gradcache", "plain"):
+        raise UserError(f"grad_accum.mode '{config.grad_accum.mode}': use 'gradcache' "
+                        "(every negative kept) or 'plain'")
+    opt = optimizer.make_optimizer(config, config.total_steps)
+    tx = optax.apply_if_finite(opt.tx, max_consecutive_errors=_NEVER)
+
+    boxed = jax.eval_shape(functools.partial(init_params, model), jax.random.key(config.seed))
+    params_sharding = sharding.logical_shardings(boxed, mesh)
+    params_shape = nn.unbox(boxed)
+    init_state = lambda p: dict(opt_state=tx.init(p), step=jnp.zeros((), jnp.int32))  # noqa: E731
+    state_shape = jax.eval_shape(init_state, params_shape)
+    state_sharding = sharding.shardings_like_params(state_shape, params_sharding, mesh)
+
+    update = jax.jit(
+        functools.partial(
+            train_step, objective=objective, opt=opt, tx=tx, accum=config.grad_accum,
+            pin_micro_batch=grad_accum.batch_sharding_constraint(mesh, sharding.BATCH_AXES)),
+        in_shardings=(params_sharding, state_sharding, sharding.batch_sharding(mesh)),
+        out_shardings=(params_sharding, state_sharding, sharding.replicated(mesh)),
+        donate_argnums=(0, 1),
+    )
+    return Program(model_config, model, objective, opt, init_state, params_shape, state_shape,
+                   params_sharding, state_sharding, update)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -315,29 +375,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                      "peak_flops_per_device to its peak FLOP/s", device_kind)
         total_steps = config.total_steps
 
-        # ------------------------------------------------------------ model, stage, optimizer
-        stage = stages.get_stage(config.stage)
-        model_config = model_config_of(config)
-        check_input_fits_model(config.input, model_config)
-        model = CLIP(model_config, dtype=jnp.dtype(config.model.dtype),
-                     remat_policy=config.model.remat_policy,
-                     num_category_heads=stage.category_heads)
-        objective = stages.Objective(stage, model, config.loss, mesh, sharding.BATCH_AXES,
-                                     total_steps, config.input.text_fields)
-        if config.grad_accum.mode not in ("gradcache", "plain"):
-            raise UserError(f"grad_accum.mode '{config.grad_accum.mode}': use 'gradcache' "
-                            "(every negative kept) or 'plain'")
-        opt = optimizer.make_optimizer(config, total_steps)
-        tx = optax.apply_if_finite(opt.tx, max_consecutive_errors=_NEVER)
-
-        # ------------------------------------------------------------ shapes and shardings
+        # ------------------------------------------------------------ model and update function
+        # Model, stage objective, optimizer, shardings and the jitted update (what `plan`
+        # compiles ahead of time for a target chip: `build_program`).
+        program = build_program(config, mesh)
+        model_config, model, objective, opt = (program.model_config, program.model,
+                                               program.objective, program.opt)
+        params_sharding, state_sharding = program.params_sharding, program.state_sharding
         rng = jax.random.key(config.seed)
-        boxed = jax.eval_shape(functools.partial(init_params, model), rng)
-        params_sharding = sharding.logical_shardings(boxed, mesh)
-        abstract_params = nn.unbox(boxed)
-        init_state = lambda p: dict(opt_state=tx.init(p), step=jnp.zeros((), jnp.int32))  # noqa: E731
-        abstract_state = jax.eval_shape(init_state, abstract_params)
-        state_sharding = sharding.shardings_like_params(abstract_state, params_sharding, mesh)
 
         # ------------------------------------------------------------ checkpoints and input
         ckpt_dir = paths.join(workdir, "checkpoints")
@@ -359,8 +404,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 raise UserError(f"{workdir} holds a run of a different model ({saved}); "
                                 "use a new --workdir")
             params, state = checkpoint.restore_train(
-                manager, resume_step, sharding.abstract_arrays(abstract_params, params_sharding),
-                sharding.abstract_arrays(abstract_state, state_sharding),
+                manager, resume_step, program.abstract_params(), program.abstract_state(),
                 train_iter if same_layout else None)
             if not same_layout:
                 log.warning("input iterator saved by another process count; resuming it at "
@@ -370,20 +414,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             params = jax.jit(lambda r: nn.unbox(init_params(model, r)),
                              out_shardings=params_sharding)(rng)
             if config.init_from:
-                params = load_init_params(config.init_from, abstract_params, params_sharding,
-                                          params, config.init_new_params)
-            state = jax.jit(init_state, out_shardings=state_sharding)(params)
+                params = load_init_params(config.init_from, program.params_shape,
+                                          params_sharding, params, config.init_new_params)
+            state = jax.jit(program.init_state, out_shardings=state_sharding)(params)
         step = int(jax.device_get(state["step"]))
-
-        # ------------------------------------------------------------ update function
-        update = jax.jit(
-            functools.partial(
-                train_step, objective=objective, opt=opt, tx=tx, accum=config.grad_accum,
-                pin_micro_batch=grad_accum.batch_sharding_constraint(mesh, sharding.BATCH_AXES)),
-            in_shardings=(params_sharding, state_sharding, sharding.batch_sharding(mesh)),
-            out_shardings=(params_sharding, state_sharding, sharding.replicated(mesh)),
-            donate_argnums=(0, 1),
-        )
 
         # ------------------------------------------------------------ evaluators
         # One encoder for the whole run: its towers compile once, params change per eval.
@@ -417,7 +451,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         while step < total_steps and stop_reason is None:
             profile.before_step(step)
             local = next(train_iter)
-            params, state, step_metrics = update(params, state, pipeline.make_global_batch(
+            params, state, step_metrics = program.update(params, state, pipeline.make_global_batch(
                 {k: local[k] for k in batch_keys}, mesh, sharding.BATCH_AXES))
             step += 1
             history.append(step_metrics)

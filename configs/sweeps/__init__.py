@@ -1,0 +1,1 @@
+"""Batch-size study configs (`python -m reasonclip_jax.sweep`)."""

@@ -1,0 +1,1 @@
+"""Batch-size scaling studies: the grid, the sweep, the memory planner and the report."""
