@@ -13,12 +13,12 @@ from other jobs hits both alike. Printed: median seconds per side, the median of
 per-round ratios JAX/PyTorch (below 1: JAX is faster), each side's CPU seconds per call, and
 the load average before and after.
 
-`--train`, JAX: the trainer's update (`train/trainer.py`'s `train_step`, jitted with its
-shardings and buffer donation) of a stage-0 config (`configs/stage0.py`: softmax InfoNCE for
-CLIP, the sigmoid loss with the logit bias for SigLIP; the project's optimizer: per-group
-AdamW, clipping at global norm 1, the logit-scale cap), fp32, no rematerialisation, one
-device. PyTorch: `model(..., return_loss=True)` (the same loss), backward, the same clipping,
-`torch.optim.AdamW`, eager.
+`--train`, JAX: the trainer's update (`train/trainer.py`'s `build_program`: `train_step`
+jitted with its shardings and buffer donation) of a stage-0 config (`configs/stage0.py`:
+softmax InfoNCE for CLIP, the sigmoid loss with the logit bias for SigLIP; the project's
+optimizer: per-group AdamW, clipping at global norm 1, the logit-scale cap), fp32, no
+rematerialisation, one device. PyTorch: `model(..., return_loss=True)` (the same loss),
+backward, the same clipping, `torch.optim.AdamW`, eager.
 
 `--profile DIR`: one more step of each side under its profiler (`jax.profiler` trace and
 the compiled HLO into DIR, `torch.profiler`), summed by part of the model.
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import glob
 import os
 import re
@@ -42,20 +41,18 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 import torch  # noqa: E402
 from hf_reference import hf_clip, hf_siglip  # noqa: E402
 
 from configs import stage0  # noqa: E402
+from reasonclip_jax.data import pipeline  # noqa: E402
 from reasonclip_jax.models.clip import CLIP, ModelConfig, get_preset, normalize_pixels  # noqa: E402
-from reasonclip_jax.parallel import grad_accum, sharding  # noqa: E402
+from reasonclip_jax.parallel import sharding  # noqa: E402
 from reasonclip_jax.tools import convert  # noqa: E402
-from reasonclip_jax.train import optimizer, stages, trainer  # noqa: E402
+from reasonclip_jax.train import trainer  # noqa: E402
 
 Call = Callable[[], None]
 
@@ -92,37 +89,16 @@ def train_config(model_config: ModelConfig, preset: str, batch: int
 
 def jax_train_step(config: ml_collections.ConfigDict, params: Any, batch: dict[str, np.ndarray]
                    ) -> tuple[Call, Any]:
-    """The trainer's jitted update for `config` on `params` (compiled); returns a call that
-    runs one step (its outputs fed back, as the trainer does) and the compiled program."""
-    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-    stage = stages.get_stage(config.stage)
-    model_config = trainer.model_config_of(config)
-    model = CLIP(model_config, dtype=jnp.dtype(config.model.dtype),
-                 remat_policy=config.model.remat_policy,
-                 num_category_heads=stage.category_heads)
-    objective = stages.Objective(stage, model, config.loss, mesh, sharding.BATCH_AXES,
-                                 config.total_steps, config.input.text_fields)
-    opt = optimizer.make_optimizer(config, config.total_steps)
-    tx = optax.apply_if_finite(opt.tx, max_consecutive_errors=2**31 - 1)
-    boxed = jax.eval_shape(
-        lambda r: model.init(r, *_dummy(model_config))["params"], jax.random.key(0))
-    params_sharding = sharding.logical_shardings(boxed, mesh)
-    init_state = lambda p: dict(opt_state=tx.init(p), step=jnp.zeros((), jnp.int32))  # noqa: E731
-    state_shape = jax.eval_shape(init_state, nn.unbox(boxed))
-    state_sharding = sharding.shardings_like_params(state_shape, params_sharding, mesh)
-    update = jax.jit(
-        functools.partial(
-            trainer.train_step, objective=objective, opt=opt, tx=tx, accum=config.grad_accum,
-            pin_micro_batch=grad_accum.batch_sharding_constraint(mesh, sharding.BATCH_AXES)),
-        in_shardings=(params_sharding, state_sharding, sharding.batch_sharding(mesh)),
-        out_shardings=(params_sharding, state_sharding, sharding.replicated(mesh)),
-        donate_argnums=(0, 1),
-    )
-    params = jax.device_put(params, params_sharding)
-    state = jax.jit(init_state, out_shardings=state_sharding)(params)
-    global_batch = jax.device_put(batch, sharding.batch_sharding(mesh))
-    with sharding.activation_sharding(mesh):  # as the trainer traces its step
-        compiled = update.lower(params, state, global_batch).compile()
+    """The trainer's program for `config` (`trainer.build_program`: its jitted update with
+    shardings and donation) on `params`, compiled as the trainer traces it; returns a call
+    that runs one step, its outputs fed back as the trainer does, and the compiled step."""
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[: config.num_devices])
+    program = trainer.build_program(config, mesh)
+    params = jax.device_put(params, program.params_sharding)
+    state = jax.jit(program.init_state, out_shardings=program.state_sharding)(params)
+    global_batch = pipeline.make_global_batch(batch, mesh, sharding.BATCH_AXES)
+    with sharding.activation_sharding(mesh):
+        compiled = program.update.lower(params, state, global_batch).compile()
     held = {"params": params, "state": state}
 
     def call() -> None:
@@ -131,11 +107,6 @@ def jax_train_step(config: ml_collections.ConfigDict, params: Any, batch: dict[s
         jax.block_until_ready(metrics)
 
     return call, compiled
-
-
-def _dummy(c: ModelConfig) -> tuple[jax.Array, jax.Array]:
-    return (jnp.zeros((1, c.image_size, c.image_size, 3), jnp.float32),
-            jnp.zeros((1, c.context_length), jnp.int32))
 
 
 # --------------------------------------------------------------------------- PyTorch side
