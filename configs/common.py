@@ -44,7 +44,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = ""  # a checkpoint (imported weights or an earlier stage); "" = random init
     c.init_new_params = r"_category_head/"  # params allowed to be absent from init_from
 
-    c.model = dict(preset="ViT-B-32", overrides={}, dtype="bfloat16", remat_policy="none")
+    # attention_impl: "einsum" (the fastest on CPU), "xla" (jax.nn.dot_product_attention), or
+    # "cudnn" (its fused kernel: NVIDIA GPUs, bfloat16); models/layers.py ATTENTION_IMPLS.
+    c.model = dict(preset="ViT-B-32", overrides={}, dtype="bfloat16", remat_policy="none",
+                   attention_impl="einsum")
 
     c.input = pipeline.get_config()
 

@@ -283,3 +283,15 @@ def test_second_run_reads_its_programs_from_the_compilation_cache(scenes, tmp_pa
         + 2 * flops.text_forward_flops(trainer.model_config_of(config),
                                        config.input.context_length))  # stage 1: two captions
     assert row["mfu"] == pytest.approx(flops_per_step / row["step_time_s"] / 1e12, rel=1e-6)
+
+
+def test_attention_impl_reaches_the_programs_model(scenes):
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
+                             ("data", "fsdp", "tensor"))
+    for impl in ("einsum", "xla"):
+        program = trainer.build_program(small_config(scenes, **{"model.attention_impl": impl}),
+                                        mesh)
+        assert program.model.attention_impl == impl
+        assert program.objective.model.attention_impl == impl
+    with pytest.raises(UserError, match="unknown attention implementation 'flash'"):
+        trainer.build_program(small_config(scenes, **{"model.attention_impl": "flash"}), mesh)

@@ -23,9 +23,12 @@ from reasonclip_jax.models import siglip
 from reasonclip_jax.models.config import ModelConfig
 from reasonclip_jax.models.layers import (  # noqa: F401  (the names this module always had)
     ACTIVATIONS,
+    ATTENTION_IMPLS,
+    DEFAULT_ATTENTION_IMPL,
     REMAT_POLICIES,
     Attention,
     Mlp,
+    PatchEmbedding,
     ResidualBlock,
     Transformer,
     embed_tokens,
@@ -77,6 +80,7 @@ class VisionTower(nn.Module):
     config: ModelConfig
     dtype: Any
     remat_policy: str
+    attention_impl: str = DEFAULT_ATTENTION_IMPL
 
     @nn.compact
     def __call__(self, images: Array) -> Array:
@@ -90,12 +94,8 @@ class VisionTower(nn.Module):
         c = self.config
         w, p = c.vision_width, c.patch_size
         scale = w**-0.5
-        x = nn.Conv(
-            w, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=self.dtype,
-            name="conv1",
-            kernel_init=partitioned(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-        )(images.astype(self.dtype))
-        x = x.reshape(x.shape[0], -1, w)
+        x = PatchEmbedding(w, p, use_bias=False, dtype=self.dtype, name="conv1")(
+            images.astype(self.dtype))
         cls = self.param("class_embedding",
                          partitioned(nn.initializers.normal(scale), ("embed",)), (w,))
         cls = jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, w))
@@ -108,7 +108,8 @@ class VisionTower(nn.Module):
         x = layer_norm(c.layer_norm_eps, self.dtype, "ln_pre")(x)
         x = Transformer(
             w, c.vision_layers, c.vision_heads, c.vision_mlp_dim, c.act, c.layer_norm_eps,
-            self.dtype, self.remat_policy, name="transformer",
+            self.dtype, self.remat_policy, attention_impl=self.attention_impl,
+            name="transformer",
         )(x)
         x = layer_norm(c.layer_norm_eps, self.dtype, "ln_post")(x[:, 0])
         proj = self.param("proj", partitioned(nn.initializers.normal(scale), ("embed", None)),
@@ -120,19 +121,19 @@ class TextTower(nn.Module):
     config: ModelConfig
     dtype: Any
     remat_policy: str
+    attention_impl: str = DEFAULT_ATTENTION_IMPL
 
     @nn.compact
     def __call__(self, tokens: Array) -> Array:
         """tokens: [B, L] int ids, L <= context_length -> [B, embed_dim] (not normalised)."""
         c = self.config
-        length = tokens.shape[1]
         x = embed_tokens(self, tokens, c.vocab_size, c.context_length, c.text_width,
                          self.dtype)
-        causal = nn.make_causal_mask(jnp.ones((1, length), jnp.bool_), dtype=jnp.bool_)
         x = Transformer(
             c.text_width, c.text_layers, c.text_heads, c.text_mlp_dim, c.act, c.layer_norm_eps,
-            self.dtype, self.remat_policy, name="transformer",
-        )(x, causal)
+            self.dtype, self.remat_policy, causal=True, attention_impl=self.attention_impl,
+            name="transformer",
+        )(x)
         x = layer_norm(c.layer_norm_eps, self.dtype, "ln_final")(x)
         # The first end-of-text token: OpenAI's argmax(ids) for tokenizer output.
         eot = jnp.argmax(tokens == c.eot_token_id, axis=-1)
@@ -158,12 +159,16 @@ class CLIP(nn.Module):
 
     `num_category_heads > 0` adds the stage-2 heads: Linear(embed_dim -> 5) on the normalised
     image and text embeddings. They are training-only and dropped at export.
+
+    `dtype`, `remat_policy` and `attention_impl` (`layers.ATTENTION_IMPLS`) choose how the
+    function is computed, not what it is: they are not saved with the weights.
     """
 
     config: ModelConfig
     dtype: Any = jnp.float32
     remat_policy: str = "none"
     num_category_heads: int = 0
+    attention_impl: str = DEFAULT_ATTENTION_IMPL
 
     def setup(self) -> None:
         c = self.config
@@ -172,9 +177,12 @@ class CLIP(nn.Module):
         if self.remat_policy not in REMAT_POLICIES:
             choices = sorted(REMAT_POLICIES)
             raise UserError(f"unknown remat policy '{self.remat_policy}'; choose one of {choices}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise UserError(f"unknown attention implementation '{self.attention_impl}'; "
+                            f"choose one of {ATTENTION_IMPLS}")
         vision_tower, text_tower = TOWERS[c.family]
-        self.visual = vision_tower(c, self.dtype, self.remat_policy)
-        self.text = text_tower(c, self.dtype, self.remat_policy)
+        self.visual = vision_tower(c, self.dtype, self.remat_policy, self.attention_impl)
+        self.text = text_tower(c, self.dtype, self.remat_policy, self.attention_impl)
         self.logit_scale = self.param(
             "logit_scale", partitioned(nn.initializers.constant(c.logit_scale_init), ()), ()
         )

@@ -1,13 +1,17 @@
 """The layers CLIP and SigLIP towers share: pre-LayerNorm residual blocks stacked with
 `nn.scan` (one compiled block per tower), optional rematerialisation, fp32 softmax and
 LayerNorm statistics, and logical axis names on every parameter and activation
-(`reasonclip_jax.parallel.sharding` maps them to mesh axes).
+(`reasonclip_jax.parallel.sharding` maps them to mesh axes). Attention is computed by the
+implementation the config names (`ATTENTION_IMPLS`). What a backward pass keeps is kept
+small: LayerNorm's backward is written out (x, mean, 1/std kept) and the MLP's activation is
+recomputed from its input; the patch embedding is one matmul.
 
     python -c "from reasonclip_jax.models import layers; print(sorted(layers.REMAT_POLICIES))"
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reasonclip_jax.errors import UserError
 from reasonclip_jax.models.preprocessing import normalization_constants
 from reasonclip_jax.parallel.sharding import constrain
 
@@ -45,15 +50,51 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
+# How attention's softmax(q k^T / sqrt(d)) v is computed (`config.model.attention_impl`):
+#   "einsum"  two einsums around an fp32 softmax, written out here (the original);
+#   "xla"     `jax.nn.dot_product_attention`'s XLA path (fp32 logits, also under bf16);
+#   "cudnn"   its cuDNN fused attention: NVIDIA GPUs, bf16/fp16 compute only.
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+DEFAULT_ATTENTION_IMPL = "einsum"  # the fastest on CPU (bench/bench_attention.py)
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, *, impl: str,
+                          mask: Array | None = None, causal: bool = False) -> Array:
+    """Multi-head attention of `query` [B, T, N, H] over `key`, `value` [B, S, N, H]:
+    softmax(q k^T / sqrt(H)) v per head -> [B, T, N, H], with the softmax in fp32.
+
+    `mask` (bool, broadcastable to [B, N, T, S]; True attends) and `causal` (query t sees
+    keys s <= t) restrict what each query sees; `impl` is one of `ATTENTION_IMPLS`.
+    """
+    if impl == "einsum":
+        head_dim = query.shape[-1]
+        logits = jnp.einsum("bqhd,bkhd->bhqk", query * head_dim**-0.5, key)
+        if causal:
+            keep = jnp.tril(jnp.ones((query.shape[1], key.shape[1]), jnp.bool_))
+            mask = keep if mask is None else jnp.logical_and(mask, keep)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(value.dtype)
+        return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+    if impl not in ATTENTION_IMPLS:
+        raise UserError(f"unknown attention implementation '{impl}'; choose one of "
+                        f"{ATTENTION_IMPLS}")
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=causal,
+                                        implementation=impl)
+
+
 class Attention(nn.Module):
-    """Multi-head attention with separate q/k/v projections (fp32 softmax)."""
+    """Multi-head attention with separate q/k/v projections (fp32 softmax); `causal` masks
+    the future, `impl` picks the kernel (`ATTENTION_IMPLS`)."""
 
     width: int
     heads: int
     dtype: Any
+    causal: bool = False
+    impl: str = DEFAULT_ATTENTION_IMPL
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None, kv: Array | None = None) -> Array:
+    def __call__(self, x: Array, kv: Array | None = None) -> Array:
         """Queries from `x`, keys and values from `kv` (default `x`: self-attention)."""
         head_dim = self.width // self.heads
         std = self.width**-0.5
@@ -68,11 +109,7 @@ class Attention(nn.Module):
 
         q, k, v = proj("query", x), proj("key", kv), proj("value", kv)
         q = constrain(q, ("act_batch", "act_length", "act_heads", None))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k)
-        if mask is not None:
-            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        out = dot_product_attention(q, k, v, impl=self.impl, causal=self.causal)
         return nn.DenseGeneral(
             self.width, axis=(-2, -1), dtype=self.dtype, name="out",
             kernel_init=partitioned(nn.initializers.normal(std), ("heads", "kv", "embed")),
@@ -80,7 +117,42 @@ class Attention(nn.Module):
         )(out)
 
 
+class PatchEmbedding(nn.Module):
+    """Non-overlapping `patch` x `patch` patches of [B, H, W, C] images projected to `width`:
+    the stride-`patch` VALID convolution as one matmul (its kernel gradient one matmul too)
+    -> [B, (H // patch) * (W // patch), width]; rows and columns past the last whole patch
+    are dropped, as the convolution drops them. Parameters as `nn.Conv`'s: `kernel`
+    [patch, patch, C, width], `bias` [width]."""
+
+    width: int
+    patch: int
+    use_bias: bool
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, images: Array) -> Array:
+        p = self.patch
+        b, rows, cols, c = images.shape
+        h, w = rows // p * p, cols // p * p
+        images = images[:, :h, :w]
+        kernel = self.param("kernel", partitioned(nn.initializers.lecun_normal(),
+                                                  (None, None, None, "embed")),
+                            (p, p, c, self.width), jnp.float32)
+        patches = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        patches = patches.reshape(b, (h // p) * (w // p), p * p * c)
+        x = patches @ kernel.reshape(p * p * c, self.width).astype(self.dtype)
+        if self.use_bias:
+            bias = self.param("bias", partitioned(nn.initializers.zeros, ("embed",)),
+                              (self.width,), jnp.float32)
+            x = x + bias.astype(self.dtype)
+        return x
+
+
 class Mlp(nn.Module):
+    """c_fc, the activation, c_proj. The activation is recomputed from its input in the
+    backward pass: one [tokens, mlp_dim] array kept for it per layer instead of the three
+    (five for tanh GELU) that its autodiff keeps."""
+
     width: int
     mlp_dim: int
     act: str
@@ -95,7 +167,7 @@ class Mlp(nn.Module):
             bias_init=partitioned(nn.initializers.zeros, ("mlp",)),
         )(x)
         x = constrain(x, ("act_batch", "act_length", "act_mlp"))
-        x = ACTIVATIONS[self.act](x)
+        x = jax.checkpoint(ACTIVATIONS[self.act], prevent_cse=False)(x)
         return nn.Dense(
             self.width, dtype=self.dtype, name="c_proj",
             kernel_init=partitioned(nn.initializers.normal(std), ("mlp", "embed")),
@@ -103,13 +175,62 @@ class Mlp(nn.Module):
         )(x)
 
 
-def layer_norm(eps: float, dtype: Any, name: str) -> nn.LayerNorm:
-    """LayerNorm with statistics in fp32 (flax promotes), params named scale/bias."""
-    return nn.LayerNorm(
-        epsilon=eps, dtype=dtype, name=name,
-        scale_init=partitioned(nn.initializers.ones, ("norm",)),
-        bias_init=partitioned(nn.initializers.zeros, ("norm",)),
-    )
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm_fn(x: Array, scale: Array, bias: Array, eps: float) -> Array:
+    """(x - mean) / sqrt(var + eps) * scale + bias over the last axis, in fp32 (returns
+    fp32). Its backward keeps x, the mean and 1/std only and writes the gradient out, where
+    autodiff would keep the centred and the normalised x as well."""
+    return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _normalized(x: Array, mean: Array, rstd: Array) -> Array:
+    return (x.astype(jnp.float32) - mean) * rstd
+
+
+def _layer_norm_fwd(x: Array, scale: Array, bias: Array, eps: float
+                    ) -> tuple[Array, tuple[Array, ...]]:
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, -1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(xf - mean), -1, keepdims=True) + eps)
+    return _normalized(x, mean, rstd) * scale + bias, (x, mean, rstd, scale)
+
+
+def _layer_norm_bwd(eps: float, res: tuple[Array, ...], dy: Array
+                    ) -> tuple[Array, Array, Array]:
+    del eps
+    x, mean, rstd, scale = res
+    xhat, dy = _normalized(x, mean, rstd), dy.astype(jnp.float32)
+    g = dy * scale
+    dx = rstd * (g - jnp.mean(g, -1, keepdims=True)
+                 - xhat * jnp.mean(g * xhat, -1, keepdims=True))
+    axes = tuple(range(x.ndim - 1))
+    return (dx.astype(x.dtype), jnp.sum(dy * xhat, axes).astype(scale.dtype),
+            jnp.sum(dy, axes).astype(scale.dtype))
+
+
+layer_norm_fn.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis (`layer_norm_fn`): fp32 statistics and fp32 `scale` and
+    `bias` parameters, output in `dtype`; the parameters of `nn.LayerNorm`."""
+
+    epsilon: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        features = (x.shape[-1],)
+        scale = self.param("scale", partitioned(nn.initializers.ones, ("norm",)), features,
+                           jnp.float32)
+        bias = self.param("bias", partitioned(nn.initializers.zeros, ("norm",)), features,
+                          jnp.float32)
+        return layer_norm_fn(x, scale, bias, self.epsilon).astype(self.dtype)
+
+
+def layer_norm(eps: float, dtype: Any, name: str) -> LayerNorm:
+    """LayerNorm with statistics in fp32, params named scale/bias."""
+    return LayerNorm(eps, dtype, name=name)
 
 
 class ResidualBlock(nn.Module):
@@ -121,19 +242,23 @@ class ResidualBlock(nn.Module):
     act: str
     eps: float
     dtype: Any
+    causal: bool = False
+    attention_impl: str = DEFAULT_ATTENTION_IMPL
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None) -> tuple[Array, None]:
+    def __call__(self, x: Array, _: None) -> tuple[Array, None]:
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
         h = layer_norm(self.eps, self.dtype, "ln_1")(x)
-        x = x + Attention(self.width, self.heads, self.dtype, name="attn")(h, mask)
+        x = x + Attention(self.width, self.heads, self.dtype, self.causal, self.attention_impl,
+                          name="attn")(h)
         h = layer_norm(self.eps, self.dtype, "ln_2")(x)
         x = x + Mlp(self.width, self.mlp_dim, self.act, self.dtype, name="mlp")(h)
         return x, None
 
 
 class Transformer(nn.Module):
-    """`layers` residual blocks as one `nn.scan` (parameters stacked on a leading axis)."""
+    """`layers` residual blocks as one `nn.scan` (parameters stacked on a leading axis);
+    `causal`: each position attends to itself and the ones before it (CLIP's text)."""
 
     width: int
     layers: int
@@ -143,9 +268,11 @@ class Transformer(nn.Module):
     eps: float
     dtype: Any
     remat_policy: str = "none"
+    causal: bool = False
+    attention_impl: str = DEFAULT_ATTENTION_IMPL
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array) -> Array:
         block = ResidualBlock
         if self.remat_policy != "none":
             block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
@@ -158,8 +285,9 @@ class Transformer(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         x, _ = stack(
-            self.width, self.heads, self.mlp_dim, self.act, self.eps, self.dtype, name="layers"
-        )(x, mask)
+            self.width, self.heads, self.mlp_dim, self.act, self.eps, self.dtype, self.causal,
+            self.attention_impl, name="layers",
+        )(x, None)
         return x
 
 

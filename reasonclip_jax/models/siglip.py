@@ -35,8 +35,10 @@ import jax.numpy as jnp
 from reasonclip_jax.errors import UserError
 from reasonclip_jax.models.config import ModelConfig
 from reasonclip_jax.models.layers import (
+    DEFAULT_ATTENTION_IMPL,
     Attention,
     Mlp,
+    PatchEmbedding,
     Transformer,
     embed_tokens,
     layer_norm,
@@ -132,13 +134,15 @@ class MapHead(nn.Module):
     act: str
     eps: float
     dtype: Any
+    attention_impl: str = DEFAULT_ATTENTION_IMPL
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         probe = self.param("probe", partitioned(nn.initializers.normal(0.02), ("embed",)),
                            (self.width,))
         query = jnp.broadcast_to(probe.astype(self.dtype), (x.shape[0], 1, self.width))
-        h = Attention(self.width, self.heads, self.dtype, name="attention")(query, None, kv=x)
+        h = Attention(self.width, self.heads, self.dtype, impl=self.attention_impl,
+                      name="attention")(query, kv=x)
         y = layer_norm(self.eps, self.dtype, "ln")(h)
         h = h + Mlp(self.width, self.mlp_dim, self.act, self.dtype, name="mlp")(y)
         return h[:, 0]
@@ -148,6 +152,7 @@ class VisionTower(nn.Module):
     config: ModelConfig
     dtype: Any
     remat_policy: str
+    attention_impl: str = DEFAULT_ATTENTION_IMPL
 
     @nn.compact
     def __call__(self, images: Array) -> Array:
@@ -160,13 +165,8 @@ class VisionTower(nn.Module):
             images = normalize_pixels(images, "siglip")
         c = self.config
         w, p = c.vision_width, c.patch_size
-        x = nn.Conv(
-            w, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-            name="patch_embedding",
-            kernel_init=partitioned(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-            bias_init=partitioned(nn.initializers.zeros, ("embed",)),
-        )(images.astype(self.dtype))
-        x = x.reshape(x.shape[0], -1, w)
+        x = PatchEmbedding(w, p, use_bias=True, dtype=self.dtype, name="patch_embedding")(
+            images.astype(self.dtype))
         pos = self.param(
             "positional_embedding", partitioned(nn.initializers.normal(w**-0.5),
                                                 (None, "embed")), (x.shape[1], w),
@@ -174,17 +174,19 @@ class VisionTower(nn.Module):
         x = x + pos.astype(self.dtype)
         x = Transformer(
             w, c.vision_layers, c.vision_heads, c.vision_mlp_dim, c.act, c.layer_norm_eps,
-            self.dtype, self.remat_policy, name="transformer",
+            self.dtype, self.remat_policy, attention_impl=self.attention_impl,
+            name="transformer",
         )(x)
         x = layer_norm(c.layer_norm_eps, self.dtype, "ln_post")(x)
         return MapHead(w, c.vision_heads, c.vision_mlp_dim, c.act, c.layer_norm_eps,
-                       self.dtype, name="head")(x)
+                       self.dtype, self.attention_impl, name="head")(x)
 
 
 class TextTower(nn.Module):
     config: ModelConfig
     dtype: Any
     remat_policy: str
+    attention_impl: str = DEFAULT_ATTENTION_IMPL
 
     @nn.compact
     def __call__(self, tokens: Array) -> Array:
@@ -198,7 +200,8 @@ class TextTower(nn.Module):
                          self.dtype)
         x = Transformer(
             c.text_width, c.text_layers, c.text_heads, c.text_mlp_dim, c.act, c.layer_norm_eps,
-            self.dtype, self.remat_policy, name="transformer",
+            self.dtype, self.remat_policy, attention_impl=self.attention_impl,
+            name="transformer",
         )(x)
         x = layer_norm(c.layer_norm_eps, self.dtype, "ln_final")(x)
         return nn.Dense(

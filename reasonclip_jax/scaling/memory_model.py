@@ -214,11 +214,13 @@ def residual_bytes(fn: Any, params: Any, inputs: jax.ShapeDtypeStruct, platform:
 @functools.lru_cache(maxsize=64)
 def activations_per_example(model_config: ModelConfig, dtype: str, remat_policy: str,
                             image_size: int, context_length: int, texts: int,
-                            image_dtype: str, platform: str) -> tuple[float, float]:
+                            image_dtype: str, platform: str, attention_impl: str
+                            ) -> tuple[float, float]:
     """(saved bytes per example of both towers, the larger tower's one-layer recomputation
     per example) under the remat policy; per example = the difference between 2 and 1
     examples, so the params (also saved) cancel out."""
-    model = CLIP(model_config, dtype=jnp.dtype(dtype), remat_policy=remat_policy)
+    model = CLIP(model_config, dtype=jnp.dtype(dtype), remat_policy=remat_policy,
+                 attention_impl=attention_impl)
     params = nn.unbox(jax.eval_shape(functools.partial(init_params, model), jax.random.key(0)))
     pixels = jnp.uint8 if image_dtype == "uint8" else jnp.float32
 
@@ -286,7 +288,7 @@ def estimate(config: ml_collections.ConfigDict, num_devices: int, platform: str,
 
     saved, recompute = activations_per_example(
         model_config, config.model.dtype, config.model.remat_policy, size, length, texts,
-        config.input.image_dtype, platform)
+        config.input.image_dtype, platform, config.model.attention_impl)
     micro_batch = local // micro
     # float32 params: the gradient's per-device size (tiled on TPUs)
     gradients = gradient_tree_per_device(model_config, stage.category_heads,
