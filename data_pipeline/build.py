@@ -357,8 +357,9 @@ def _num_bench(args: argparse.Namespace) -> int:
 
 def run(argv: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Runs the pipeline; returns each written directory's manifest, keyed by directory."""
-    args, beam_args = parse_args(argv)
+    # Before parsing: Beam's pipeline options import the module that logs the notice.
     logging.getLogger().addFilter(_BIGQUERY_NOTICE)  # once: the same filter is not added twice
+    args, beam_args = parse_args(argv)
     source = sources.SOURCES[args.source]
     config = sources.SourceConfig(
         image_root=args.image_root,

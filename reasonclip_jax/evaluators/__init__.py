@@ -114,5 +114,5 @@ def run_evaluators(
         start = time.perf_counter()
         for key, value in evaluate(embedder, **kwargs).items():
             metrics[f"{name}/{key}"] = value
-        logging.info("eval %s: %.1f s", name, time.perf_counter() - start)
+        logging.debug("eval %s: %.1f s", name, time.perf_counter() - start)
     return metrics

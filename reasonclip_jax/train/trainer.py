@@ -371,7 +371,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         sharding.batch_size_per_shard(mesh, config.input.batch_size)
         device_kind = mesh.devices.flat[0].device_kind
         peak_per_device = mfu.peak_flops_per_device(device_kind, config.peak_flops_per_device)
-        if peak_per_device is None:
+        if peak_per_device is None and mesh.devices.flat[0].platform != "cpu":
             log.info("no MFU: device kind '%s' is not in train/mfu.py's table; set "
                      "peak_flops_per_device to its peak FLOP/s", device_kind)
         total_steps = config.total_steps
