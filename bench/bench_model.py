@@ -40,6 +40,8 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+# A CPU-against-CPU bench: without this an installed libtpu probes for TPUs and logs.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
