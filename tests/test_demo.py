@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -66,6 +67,12 @@ def test_smoke_demo_writes_its_results_and_reruns_exactly(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         table = (workdir / "results.md").read_text()
         assert table in proc.stdout  # the command prints the table it writes
+        # One progress bar per run with its loss; besides it only the project's own INFO
+        # lines (no library chatter, no warnings).
+        assert "loss=" in proc.stderr
+        lines = [line for line in re.split(r"[\r\n]", proc.stderr)
+                 if line.strip() and not line.startswith("train:")]
+        assert all(re.search(r" INFO (trainer|checkpoint): ", line) for line in lines), lines
         results = json.loads((workdir / "results.json").read_text())
         curves = results["per_seed"][0]["curves"]
         assert [p["step"] for p in curves["control"]] == [0, 1, 2, 3, 4]

@@ -472,6 +472,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     last["mfu"] = mfu.model_flops_utilization(
                         flops_per_step, steps_done, elapsed, peak_per_device, mesh.devices.size)
                 writer.write(step, last)
+                if "loss" in last:  # the bar shows the current loss
+                    progress.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
                 if record_indices:
                     record_indices.flush()
                 history, tick, tick_step = [], time.perf_counter(), step
