@@ -122,6 +122,25 @@ def test_remat_keeps_fewer_activations_and_cpu_counts_floats_in_float32():
     assert 1.5 < on_cpu / on_gpu <= 2.0
 
 
+def test_cpus_count_one_layers_recomputed_mlp_activation_at_every_policy():
+    """The MLP recomputes its activation in the backward pass; what autodiff of the
+    activation keeps besides its input is two [tokens, mlp_dim] arrays for QuickGELU, four
+    for tanh GELU (float32 on CPU)."""
+    tiny, siglip = get_preset("tiny"), get_preset("ViT-B-16-SigLIP")
+    per_array = 77 * tiny.text_mlp_dim * 4
+    assert memory_model.activation_recompute_per_example(
+        tiny, "bfloat16", "text", 64, 77) == pytest.approx(2 * per_array, rel=1e-3)
+    per_array = 64 * siglip.text_mlp_dim * 4
+    assert memory_model.activation_recompute_per_example(
+        siglip, "bfloat16", "text", 224, 64) == pytest.approx(4 * per_array, rel=1e-3)
+    c = config("tiny", 64)  # stage 1: two text fields
+    tokens = {"image": (64 // 8) ** 2 + 1, "text": 2 * 77}
+    expected = 8 * 2 * 4 * tiny.text_mlp_dim * sum(tokens.values())  # 8 examples per device
+    assert memory_model.estimate(c, 8, "cpu").recomputation == pytest.approx(expected,
+                                                                              rel=1e-3)
+    assert memory_model.estimate(c, 8, "gpu").recomputation == 0
+
+
 def test_tpus_count_the_float32_trees_of_the_step_tiled():
     """XLA's TPU program keeps the gradients and the update's trees row-major in tiles of
     8 x 128 (ViT-B-32's attention kernels [.., 12, 64] as [.., 16, 128]); CPUs and GPUs as

@@ -15,7 +15,9 @@ Bytes per device, for a config on `num_devices` devices of a platform:
     counted exactly by JAX (`jax.vjp`'s saved values of each tower, under `jax.eval_shape`),
     per example, times the examples of one micro-batch;
   - recomputation: with remat, the backward pass of a layer recomputes what was not saved,
-    one layer of the larger tower at a time;
+    one layer of the larger tower at a time; on CPUs, under every policy, also one layer's
+    MLP activation per tower (the MLP recomputes it from its input, `models/layers.py`, and
+    XLA's CPU backend materialises what autodiff of the activation keeps);
   - the loss: gather keeps n x N logits per text field (n local rows, N global), the rings
     a few n x n blocks, the tiled ring a few tile^2 tiles, all in float32, plus their n x D
     embeddings; the constants are XLA's own figures for the losses alone
@@ -57,6 +59,7 @@ import ml_collections
 import numpy as np
 
 from reasonclip_jax.models.clip import CLIP, ModelConfig, init_params
+from reasonclip_jax.models.layers import ACTIVATIONS
 from reasonclip_jax.parallel import sharding
 from reasonclip_jax.train import optimizer, stages, trainer
 
@@ -247,7 +250,29 @@ def activations_per_example(model_config: ModelConfig, dtype: str, remat_policy:
         whole = dataclasses.replace(model, remat_policy=recomputed)
         recompute = max(max(per_example(whole, t) - saved[t], 0.0) / layers[t]
                         * (texts if t == "text" else 1) for t in saved)
+    if platform == "cpu":
+        # Every policy: a layer's backward pass recomputes the MLP activation from its
+        # input (models/layers.py), and XLA's CPU backend materialises what autodiff of
+        # the activation keeps, for one layer of each tower at a time.
+        recompute += sum(activation_recompute_per_example(
+            model_config, dtype, t, image_size, context_length) * (texts if t == "text" else 1)
+            for t in ("image", "text"))
     return saved["image"] + texts * saved["text"], recompute
+
+
+def activation_recompute_per_example(model_config: ModelConfig, dtype: str, tower: str,
+                                     image_size: int, context_length: int) -> float:
+    """Bytes of the residuals autodiff of one layer's MLP activation keeps, per example
+    (its input excluded: the layer saves that anyway), as XLA's CPU backend stores them."""
+    if tower == "image":
+        tokens = (image_size // model_config.patch_size) ** 2 + 1
+        mlp_dim = model_config.vision_mlp_dim
+    else:
+        tokens, mlp_dim = context_length, model_config.text_mlp_dim
+    x = jax.ShapeDtypeStruct((tokens, mlp_dim), jnp.dtype(dtype))
+    pullback = jax.eval_shape(lambda v: jax.vjp(ACTIVATIONS[model_config.act], v)[1], x)
+    kept = sum(_activation_bytes(r, "cpu") for r in jax.tree.leaves(pullback))
+    return float(max(kept - _activation_bytes(x, "cpu"), 0))
 
 
 def loss_bytes(kind: str, impl: str, local: int, global_batch: int, embed_dim: int,
