@@ -162,3 +162,30 @@ def test_activation_constraints_apply_only_inside_the_context():
     assert "sharding_constraint" not in outside
     assert inside.count("sharding_constraint") >= 3
     assert '{"data", "fsdp"}, {}, {"tensor"}' in inside  # batch and heads/mlp split
+
+
+@pytest.mark.parametrize("mesh", [dict(data=1, fsdp=8), dict(data=8, fsdp=1)],
+                         ids=["fsdp", "data"])
+def test_update_step_gathers_weights_and_no_token_ids(mesh):
+    """Under a batch-sharded mesh only weights (and the loss's embeddings) are all-gathered:
+    the token embedding table is gathered before the lookup, the two text fields of stage 1
+    stay on their devices and the end-of-text pooling indexes within each row. Each of these
+    once all-gathered the global batch's token ids onto every device."""
+    from configs import common
+    from reasonclip_jax.scaling import compiled_memory
+    from reasonclip_jax.train import trainer
+
+    c = common.base_config()
+    c.model.preset, c.input.batch_size = "tiny", 64
+    c.input.image_size, c.input.context_length = 64, 77
+    c.mesh = dict(mesh, tensor=1)
+    m = sharding.make_mesh(c.mesh, jax.devices())
+    program = trainer.build_program(c, m)
+    batch = compiled_memory.abstract_batch(program, c.input, m)
+    with sharding.activation_sharding(m):
+        text = program.update.lower(program.abstract_params(), program.abstract_state(),
+                                    batch).compile().as_text()
+    gathered = [line.split("=", 1)[1].split()[0] for line in text.splitlines()
+                if " all-gather(" in line]
+    assert gathered  # the weights (fsdp) or the loss's embeddings (data)
+    assert not [s for s in gathered if s.startswith(("s32", "u32", "s64"))], gathered

@@ -83,3 +83,21 @@ def test_registry_declares_each_stage_in_one_place():
         assert type(view) is kind and view.text_keys == keys
         assert view.examples_per_record == per_record and stage.category_heads == heads
     assert stages.get_stage("stage0").make_view(("reason",)).text_fields == ("reason",)
+
+
+def test_embed_gives_each_text_field_its_own_rows():
+    """The text fields go through the tower in one pass, interleaved per example; each
+    field's embeddings are those of the field alone."""
+    model = CLIP(get_preset("tiny", image_size=32))
+    params = nn.unbox(init_params(model, jax.random.key(0)))
+    objective = stages.Objective("stage1", model, _loss_config(), None, ("data",), 10)
+    rng = np.random.default_rng(0)
+    tokens = {k: rng.integers(1, 400, (3, 77)).astype(np.int32) for k in objective.text_keys}
+    for i, k in enumerate(objective.text_keys):  # end-of-text at a different place per row
+        tokens[k][np.arange(3), 10 + 5 * np.arange(3) + i] = model.config.eot_token_id
+    inputs = {"image": np.zeros((3, 32, 32, 3), np.uint8), **tokens}
+    out = objective.embed(params, inputs)
+    assert len(objective.text_keys) == 2
+    for k in objective.text_keys:
+        alone = model.apply({"params": params}, tokens=tokens[k])["text_embeds"]
+        np.testing.assert_allclose(out[k], alone, rtol=1e-5, atol=1e-6)

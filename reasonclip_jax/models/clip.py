@@ -137,7 +137,9 @@ class TextTower(nn.Module):
         x = layer_norm(c.layer_norm_eps, self.dtype, "ln_final")(x)
         # The first end-of-text token: OpenAI's argmax(ids) for tokenizer output.
         eot = jnp.argmax(tokens == c.eot_token_id, axis=-1)
-        x = x[jnp.arange(x.shape[0]), eot]
+        # A gather along the length only: indexing rows by arange would all-gather the
+        # batch's indices on every device under a batch-sharded mesh.
+        x = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
         proj = self.param(
             "text_projection",
             partitioned(nn.initializers.normal(c.text_width**-0.5), ("embed", None)),

@@ -304,7 +304,12 @@ def embed_tokens(module: nn.Module, tokens: Array, vocab_size: int, context_leng
         "positional_embedding", partitioned(nn.initializers.normal(0.01), (None, "embed")),
         (context_length, width),
     )
+    # Gather the table's fsdp shards before the lookup (as every other weight is gathered
+    # before use): a table sharded on its width would otherwise have XLA all-gather the
+    # global batch's token ids and look all of them up on every device.
+    embedding = constrain(embedding, ("vocab", None))
     x = jnp.take(embedding, tokens, axis=0).astype(dtype)
+    x = constrain(x, ("act_batch", "act_length", "act_embed"))
     return x + pos[: tokens.shape[1]].astype(dtype)
 
 

@@ -146,10 +146,15 @@ class Objective:
         """Normalised embeddings: image [B, D] and one [B, D] per text field."""
         variables = {"params": params}
         out = {"image": self.model.apply(variables, images=inputs["image"])["image_embeds"]}
-        tokens = jnp.concatenate([inputs[k] for k in self.text_keys])  # one text pass
+        # One text pass over the fields interleaved per example ([B, F, L] -> [B * F, L]), so
+        # every device keeps its own rows: concatenating batch-sharded fields end to end
+        # would have XLA all-gather them.
+        fields = jnp.stack([inputs[k] for k in self.text_keys], axis=1)
+        tokens = fields.reshape(-1, fields.shape[-1])
         texts = self.model.apply(variables, tokens=tokens)["text_embeds"]
+        texts = texts.reshape(fields.shape[0], len(self.text_keys), -1)
         for i, k in enumerate(self.text_keys):
-            out[k] = texts[i * len(inputs["image"]) : (i + 1) * len(inputs["image"])]
+            out[k] = texts[:, i]
         return out
 
     def contrastive(self, params: Any, img: jax.Array, txt: jax.Array
