@@ -85,17 +85,24 @@ def test_registry_declares_each_stage_in_one_place():
     assert stages.get_stage("stage0").make_view(("reason",)).text_fields == ("reason",)
 
 
-def test_embed_gives_each_text_field_its_own_rows():
-    """The text fields go through the tower in one pass, interleaved per example; each
-    field's embeddings are those of the field alone."""
+@pytest.mark.parametrize("mesh", [None, dict(data=4, fsdp=2)], ids=["one_shard", "8_shards"])
+def test_embed_gives_each_text_field_its_own_rows(mesh):
+    """The text fields go through the tower in one pass, concatenated within each batch
+    shard; each field's embeddings are those of the field alone."""
+    from reasonclip_jax.parallel import sharding
+
     model = CLIP(get_preset("tiny", image_size=32))
     params = nn.unbox(init_params(model, jax.random.key(0)))
-    objective = stages.Objective("stage1", model, _loss_config(), None, ("data",), 10)
+    mesh = sharding.make_mesh(dict(mesh, tensor=1)) if mesh else None
+    objective = stages.Objective("stage1", model, _loss_config(), mesh, sharding.BATCH_AXES,
+                                 10)
+    n = 16
+    assert objective.batch_shards() == (8 if mesh else 1)
     rng = np.random.default_rng(0)
-    tokens = {k: rng.integers(1, 400, (3, 77)).astype(np.int32) for k in objective.text_keys}
+    tokens = {k: rng.integers(1, 400, (n, 77)).astype(np.int32) for k in objective.text_keys}
     for i, k in enumerate(objective.text_keys):  # end-of-text at a different place per row
-        tokens[k][np.arange(3), 10 + 5 * np.arange(3) + i] = model.config.eot_token_id
-    inputs = {"image": np.zeros((3, 32, 32, 3), np.uint8), **tokens}
+        tokens[k][np.arange(n), 10 + 3 * np.arange(n) + i] = model.config.eot_token_id
+    inputs = {"image": np.zeros((n, 32, 32, 3), np.uint8), **tokens}
     out = objective.embed(params, inputs)
     assert len(objective.text_keys) == 2
     for k in objective.text_keys:
