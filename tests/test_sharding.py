@@ -167,10 +167,11 @@ def test_activation_constraints_apply_only_inside_the_context():
 @pytest.mark.parametrize("mesh", [dict(data=1, fsdp=8), dict(data=8, fsdp=1)],
                          ids=["fsdp", "data"])
 def test_update_step_gathers_weights_and_no_token_ids(mesh):
-    """Under a batch-sharded mesh only weights (and the loss's embeddings) are all-gathered:
-    the token embedding table is gathered before the lookup, the two text fields of stage 1
-    stay on their devices and the end-of-text pooling indexes within each row. Each of these
-    once all-gathered the global batch's token ids onto every device."""
+    """Under a batch-sharded mesh the step all-gathers weights, the loss's embeddings and,
+    of the inputs, only stage 1's two caption fields as it concatenates them (stages.py):
+    the token embedding table is gathered before the lookup and the end-of-text pooling
+    indexes within each row, where both once all-gathered the ids for the lookup and the
+    pooling of the global batch on every device."""
     from configs import common
     from reasonclip_jax.scaling import compiled_memory
     from reasonclip_jax.train import trainer
@@ -188,4 +189,5 @@ def test_update_step_gathers_weights_and_no_token_ids(mesh):
     gathered = [line.split("=", 1)[1].split()[0] for line in text.splitlines()
                 if " all-gather(" in line]
     assert gathered  # the weights (fsdp) or the loss's embeddings (data)
-    assert not [s for s in gathered if s.startswith(("s32", "u32", "s64"))], gathered
+    ints = [s.split("{")[0] for s in gathered if s.startswith(("s32", "u32", "s64"))]
+    assert ints == ["s32[64,77]"] * 2, gathered  # the two fields, nothing derived from them
