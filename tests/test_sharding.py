@@ -166,7 +166,7 @@ def test_activation_constraints_apply_only_inside_the_context():
 
 @pytest.mark.parametrize("mesh", [dict(data=1, fsdp=8), dict(data=8, fsdp=1)],
                          ids=["fsdp", "data"])
-def test_update_step_gathers_weights_and_no_token_ids(mesh):
+def test_update_step_gathers_no_ids_derived_from_the_batch(mesh):
     """Under a batch-sharded mesh the step all-gathers weights, the loss's embeddings and,
     of the inputs, only stage 1's two caption fields as it concatenates them (stages.py):
     the token embedding table is gathered before the lookup and the end-of-text pooling
