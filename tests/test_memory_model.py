@@ -4,8 +4,8 @@ On 8 simulated CPU devices and on a TPU v5e 2x2 slice compiled through libtpu (n
 needed): the analytic peak is within 20% of the compiled peak (arguments + outputs - aliased
 + temporaries) for the tiny model and ViT-B-32, for each loss implementation, with and
 without remat and GradCache. On the TPU slice ViT-B-32 without remat and without GradCache
-is not within 20% (0.78 of the compiled peak, the README: the model is 0.98 of the
-allocations in XLA's dumped buffer assignment, but the compiled program reports 1.8 GiB more
+is not within 20% (0.78 of the compiled peak, the README: the model is 1.00 of the
+allocations in XLA's dumped buffer assignment, but the compiled program reports 1.9 GiB more
 temporaries than that assignment holds), so that case is not here. The parts the model
 adds up are checked against JAX's own shardings. Two v5e 2x2 slices (multi-slice,
 `mesh.dcn`): the mesh and weights are checked, the peak only loosely (0.63 of the compiled
