@@ -46,8 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     # attention_impl: "einsum" (the fastest on CPU), "xla" (jax.nn.dot_product_attention), or
     # "cudnn" (its fused kernel: NVIDIA GPUs, bfloat16); models/layers.py ATTENTION_IMPLS.
+    # scan_unroll: each tower's blocks run as one scanned loop (1); its layer count unrolls
+    # them, which compiles longer and on a TPU holds fewer temporaries (README).
     c.model = dict(preset="ViT-B-32", overrides={}, dtype="bfloat16", remat_policy="none",
-                   attention_impl="einsum")
+                   attention_impl="einsum", scan_unroll=1)
 
     c.input = pipeline.get_config()
 

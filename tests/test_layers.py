@@ -1,8 +1,8 @@
 """The shared layers (`models/layers.py`). Attention: every implementation against a float64
 numpy reference, forward and backward, with masks, and the implementations against each
-other through whole CLIP and SigLIP models. LayerNorm against flax's and a float64 formula,
-the MLP against its plain activation, the patch embedding against the strided convolution;
-and what their backward passes keep.
+other through whole CLIP and SigLIP models; unrolled towers against the scanned loop.
+LayerNorm against flax's and a float64 formula, the MLP against its plain activation, the
+patch embedding against the strided convolution; and what their backward passes keep.
 
     python -m pytest -q tests/test_layers.py
 """
@@ -146,6 +146,42 @@ def test_models_agree_across_attention_impls(preset, rng):
             # scale (the attention key biases' true gradient is 0: noise of 1e-9 there)
             np.testing.assert_allclose(g, r, atol=1e-6 + 1e-5 * np.abs(r).max(), rtol=0,
                                        err_msg=f"{impl} {path}")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "siglip-tiny"])
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_unrolled_towers_compute_the_scanned_function(preset, remat, rng):
+    # scan_unroll changes how the blocks are compiled, not the parameters or the function:
+    # the same tree initialises, and embeddings and gradients agree with the rolled loop.
+    config = get_preset(preset, vision_layers=3, text_layers=3)
+    params = nn.unbox(init_params(CLIP(config), jax.random.key(0)))
+    unrolled_init = nn.unbox(init_params(CLIP(config, scan_unroll=3), jax.random.key(0)))
+    jax.tree.map(np.testing.assert_array_equal, unrolled_init, params)
+    images = jnp.asarray(rng.standard_normal((2, 64, 64, 3)), jnp.float32)
+    tokens = jnp.asarray(random_tokens(rng, 2, config.context_length))
+
+    def loss(p, unroll):
+        out = CLIP(config, remat_policy=remat, scan_unroll=unroll).apply(
+            {"params": p}, images, tokens)
+        return jnp.sum(out["image_embeds"] * out["text_embeds"]), out
+
+    (_, ref_out), ref_grad = jax.jit(jax.value_and_grad(loss, has_aux=True),
+                                     static_argnums=1)(params, 1)
+    for unroll in (2, 3):  # 2: a remainder block after the loop
+        (_, out), grad = jax.jit(jax.value_and_grad(loss, has_aux=True),
+                                 static_argnums=1)(params, unroll)
+        for key in ("image_embeds", "text_embeds"):
+            np.testing.assert_allclose(out[key], ref_out[key], atol=1e-6, err_msg=key)
+        for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grad),
+                                jax.tree.leaves(ref_grad), strict=True):
+            np.testing.assert_allclose(g, r, atol=1e-6 + 1e-5 * np.abs(r).max(), rtol=0,
+                                       err_msg=f"unroll {unroll} {path}")
+
+
+@pytest.mark.parametrize("unroll", [0, 1.5])
+def test_bad_scan_unroll_is_refused(unroll):
+    with pytest.raises(UserError, match="scan_unroll must be a positive integer"):
+        init_params(CLIP(get_preset("tiny"), scan_unroll=unroll), jax.random.key(0))
 
 
 def test_attention_impl_is_carried_to_every_attention(monkeypatch):

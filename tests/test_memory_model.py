@@ -6,8 +6,8 @@ needed): the analytic peak is within 20% of the compiled peak (arguments + outpu
 without remat and GradCache. On the TPU slice ViT-B-32 without remat and without GradCache
 is not within 20% (0.78 of the compiled peak, the README: the model is 1.00 of the
 allocations in XLA's dumped buffer assignment, but the compiled program reports 1.9 GiB more
-temporaries than that assignment holds; they come with the towers' scanned layer loops and
-vanish when the loops are unrolled), so that case is not here. The parts the model
+temporaries than that assignment holds; unrolled layers remove them from that step, but
+not from the remat steps), so that case is not here. The parts the model
 adds up are checked against JAX's own shardings. Two v5e 2x2 slices (multi-slice,
 `mesh.dcn`): the mesh and weights are checked, the peak only loosely (0.63 of the compiled
 figure, the README).

@@ -285,6 +285,14 @@ def test_second_run_reads_its_programs_from_the_compilation_cache(scenes, tmp_pa
     assert row["mfu"] == pytest.approx(flops_per_step / row["step_time_s"] / 1e12, rel=1e-6)
 
 
+def test_scan_unroll_reaches_the_programs_model(scenes):
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
+                             ("data", "fsdp", "tensor"))
+    program = trainer.build_program(small_config(scenes, **{"model.scan_unroll": 2}), mesh)
+    assert program.model.scan_unroll == program.objective.model.scan_unroll == 2
+    assert trainer.build_program(small_config(scenes), mesh).model.scan_unroll == 1
+
+
 def test_attention_impl_reaches_the_programs_model(scenes):
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
                              ("data", "fsdp", "tensor"))

@@ -81,6 +81,7 @@ class VisionTower(nn.Module):
     dtype: Any
     remat_policy: str
     attention_impl: str = DEFAULT_ATTENTION_IMPL
+    scan_unroll: int = 1
 
     @nn.compact
     def __call__(self, images: Array) -> Array:
@@ -109,6 +110,7 @@ class VisionTower(nn.Module):
         x = Transformer(
             w, c.vision_layers, c.vision_heads, c.vision_mlp_dim, c.act, c.layer_norm_eps,
             self.dtype, self.remat_policy, attention_impl=self.attention_impl,
+            scan_unroll=self.scan_unroll,
             name="transformer",
         )(x)
         x = layer_norm(c.layer_norm_eps, self.dtype, "ln_post")(x[:, 0])
@@ -122,6 +124,7 @@ class TextTower(nn.Module):
     dtype: Any
     remat_policy: str
     attention_impl: str = DEFAULT_ATTENTION_IMPL
+    scan_unroll: int = 1
 
     @nn.compact
     def __call__(self, tokens: Array) -> Array:
@@ -132,6 +135,7 @@ class TextTower(nn.Module):
         x = Transformer(
             c.text_width, c.text_layers, c.text_heads, c.text_mlp_dim, c.act, c.layer_norm_eps,
             self.dtype, self.remat_policy, causal=True, attention_impl=self.attention_impl,
+            scan_unroll=self.scan_unroll,
             name="transformer",
         )(x)
         x = layer_norm(c.layer_norm_eps, self.dtype, "ln_final")(x)
@@ -162,8 +166,9 @@ class CLIP(nn.Module):
     `num_category_heads > 0` adds the stage-2 heads: Linear(embed_dim -> 5) on the normalised
     image and text embeddings. They are training-only and dropped at export.
 
-    `dtype`, `remat_policy` and `attention_impl` (`layers.ATTENTION_IMPLS`) choose how the
-    function is computed, not what it is: they are not saved with the weights.
+    `dtype`, `remat_policy`, `attention_impl` (`layers.ATTENTION_IMPLS`) and `scan_unroll`
+    (`layers.Transformer`) choose how the function is computed, not what it is: they are not
+    saved with the weights.
     """
 
     config: ModelConfig
@@ -171,6 +176,7 @@ class CLIP(nn.Module):
     remat_policy: str = "none"
     num_category_heads: int = 0
     attention_impl: str = DEFAULT_ATTENTION_IMPL
+    scan_unroll: int = 1
 
     def setup(self) -> None:
         c = self.config
@@ -182,9 +188,14 @@ class CLIP(nn.Module):
         if self.attention_impl not in ATTENTION_IMPLS:
             raise UserError(f"unknown attention implementation '{self.attention_impl}'; "
                             f"choose one of {ATTENTION_IMPLS}")
+        if not (isinstance(self.scan_unroll, int) and self.scan_unroll >= 1):
+            raise UserError(f"scan_unroll must be a positive integer (1: one block per loop "
+                            f"iteration), got {self.scan_unroll!r}")
         vision_tower, text_tower = TOWERS[c.family]
-        self.visual = vision_tower(c, self.dtype, self.remat_policy, self.attention_impl)
-        self.text = text_tower(c, self.dtype, self.remat_policy, self.attention_impl)
+        self.visual = vision_tower(c, self.dtype, self.remat_policy, self.attention_impl,
+                                   self.scan_unroll)
+        self.text = text_tower(c, self.dtype, self.remat_policy, self.attention_impl,
+                               self.scan_unroll)
         self.logit_scale = self.param(
             "logit_scale", partitioned(nn.initializers.constant(c.logit_scale_init), ()), ()
         )

@@ -258,7 +258,10 @@ class ResidualBlock(nn.Module):
 
 class Transformer(nn.Module):
     """`layers` residual blocks as one `nn.scan` (parameters stacked on a leading axis);
-    `causal`: each position attends to itself and the ones before it (CLIP's text)."""
+    `causal`: each position attends to itself and the ones before it (CLIP's text).
+    `scan_unroll`: blocks per loop iteration; `layers` unrolls the stack (no while loop),
+    the same function and parameters, a longer compile (on a TPU XLA then holds fewer
+    temporaries, README "Batch-size studies")."""
 
     width: int
     layers: int
@@ -270,18 +273,23 @@ class Transformer(nn.Module):
     remat_policy: str = "none"
     causal: bool = False
     attention_impl: str = DEFAULT_ATTENTION_IMPL
+    scan_unroll: int = 1
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         block = ResidualBlock
         if self.remat_policy != "none":
-            block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
+            # Only a rolled loop keeps XLA from merging the recomputation with the forward
+            # pass; unrolled blocks need the barrier.
+            block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy],
+                             prevent_cse=self.scan_unroll != 1)
         stack = nn.scan(
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
             in_axes=(nn.broadcast,),
             length=self.layers,
+            unroll=self.scan_unroll,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         x, _ = stack(

@@ -153,6 +153,7 @@ class VisionTower(nn.Module):
     dtype: Any
     remat_policy: str
     attention_impl: str = DEFAULT_ATTENTION_IMPL
+    scan_unroll: int = 1
 
     @nn.compact
     def __call__(self, images: Array) -> Array:
@@ -175,6 +176,7 @@ class VisionTower(nn.Module):
         x = Transformer(
             w, c.vision_layers, c.vision_heads, c.vision_mlp_dim, c.act, c.layer_norm_eps,
             self.dtype, self.remat_policy, attention_impl=self.attention_impl,
+            scan_unroll=self.scan_unroll,
             name="transformer",
         )(x)
         x = layer_norm(c.layer_norm_eps, self.dtype, "ln_post")(x)
@@ -187,6 +189,7 @@ class TextTower(nn.Module):
     dtype: Any
     remat_policy: str
     attention_impl: str = DEFAULT_ATTENTION_IMPL
+    scan_unroll: int = 1
 
     @nn.compact
     def __call__(self, tokens: Array) -> Array:
@@ -201,6 +204,7 @@ class TextTower(nn.Module):
         x = Transformer(
             c.text_width, c.text_layers, c.text_heads, c.text_mlp_dim, c.act, c.layer_norm_eps,
             self.dtype, self.remat_policy, attention_impl=self.attention_impl,
+            scan_unroll=self.scan_unroll,
             name="transformer",
         )(x)
         x = layer_norm(c.layer_norm_eps, self.dtype, "ln_final")(x)

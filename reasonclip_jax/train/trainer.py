@@ -128,7 +128,8 @@ def build_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
     check_input_fits_model(config.input, model_config)
     model = CLIP(model_config, dtype=jnp.dtype(config.model.dtype),
                  remat_policy=config.model.remat_policy, num_category_heads=stage.category_heads,
-                 attention_impl=config.model.attention_impl)
+                 attention_impl=config.model.attention_impl,
+                 scan_unroll=config.model.get("scan_unroll", 1))
     objective = stages.Objective(stage, model, config.loss, mesh, sharding.BATCH_AXES,
                                  config.total_steps, config.input.text_fields)
     if config.grad_accum.mode not in ("gradcache", "plain"):
