@@ -167,7 +167,9 @@ def test_unrolled_towers_compute_the_scanned_function(preset, remat, rng):
 
     (_, ref_out), ref_grad = jax.jit(jax.value_and_grad(loss, has_aux=True),
                                      static_argnums=1)(params, 1)
-    for unroll in (2, 3):  # 2: a remainder block after the loop
+    # 2: a remainder block after the loop; 4: more than the layers (all unrolled, as a
+    # model-wide setting does for its shorter tower)
+    for unroll in (2, 3, 4):
         (_, out), grad = jax.jit(jax.value_and_grad(loss, has_aux=True),
                                  static_argnums=1)(params, unroll)
         for key in ("image_embeds", "text_embeds"):
