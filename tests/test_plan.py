@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -54,6 +55,27 @@ def test_fewest_micro_batches_is_the_smallest_count_whose_compiled_step_fits():
     assert micro == 2 and chosen.fits and chosen.compiled.peak_bytes == peaks[2]
     with pytest.raises(UserError, match="does not fit"):
         plan.fewest_micro_batches(config, compiled_memory.local_target(10 * 2**20))
+
+
+def test_unrolled_towers_are_compiled_whatever_the_estimate(monkeypatch):
+    # Scanned towers: a count whose estimate is far above the memory is not compiled.
+    # Unrolled ones: XLA keeps fewer residuals than the estimate counts, so every count is.
+    config = tiny_config(1024)
+    target = compiled_memory.local_target(GiB)
+    monkeypatch.setattr(memory_model, "estimate",
+                        lambda *args, **kwargs: types.SimpleNamespace(peak=100 * GiB))
+    compiled = []
+
+    def evaluate(config, target, batch_size, micro):
+        compiled.append(micro)
+        return plan.Plan(batch_size, micro, None, None, True)
+
+    monkeypatch.setattr(plan, "evaluate", evaluate)
+    with pytest.raises(UserError, match="does not fit"):
+        plan.fewest_micro_batches(config, target)
+    assert compiled == []
+    config.model.scan_unroll = 12
+    assert plan.fewest_micro_batches(config, target)[0] == 1 and compiled == [1]
 
 
 def test_largest_batch_on_an_analytic_target():
