@@ -136,16 +136,22 @@ def test_models_agree_across_attention_impls(preset, rng):
 
     results = {impl: jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(
         params, impl) for impl in CPU_IMPLS}
-    (_, ref_out), ref_grad = results["einsum"]
-    for impl, ((_, out), grad) in results.items():
-        for key in ("image_embeds", "text_embeds"):
-            np.testing.assert_allclose(out[key], ref_out[key], atol=1e-6, err_msg=impl)
-        for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grad),
-                                jax.tree.leaves(ref_grad), strict=True):
-            # fp32 summation order differs between implementations: 1e-5 of the leaf's
-            # scale (the attention key biases' true gradient is 0: noise of 1e-9 there)
-            np.testing.assert_allclose(g, r, atol=1e-6 + 1e-5 * np.abs(r).max(), rtol=0,
-                                       err_msg=f"{impl} {path}")
+    reference = results["einsum"]
+    for impl, result in results.items():
+        _assert_same_model(result, reference, impl)
+
+
+def _assert_same_model(result, reference, label):
+    """Two `value_and_grad(has_aux=True)` results of a CLIP loss: the same embeddings and
+    gradients. fp32 summation order may differ: 1e-5 of each leaf's scale (the attention
+    key biases' true gradient is 0: noise of 1e-9 there)."""
+    ((_, out), grad), ((_, ref_out), ref_grad) = result, reference
+    for key in ("image_embeds", "text_embeds"):
+        np.testing.assert_allclose(out[key], ref_out[key], atol=1e-6, err_msg=label)
+    for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grad),
+                            jax.tree.leaves(ref_grad), strict=True):
+        np.testing.assert_allclose(g, r, atol=1e-6 + 1e-5 * np.abs(r).max(), rtol=0,
+                                   err_msg=f"{label} {path}")
 
 
 @pytest.mark.parametrize("preset", ["tiny", "siglip-tiny"])
@@ -165,19 +171,12 @@ def test_unrolled_towers_compute_the_scanned_function(preset, remat, rng):
             {"params": p}, images, tokens)
         return jnp.sum(out["image_embeds"] * out["text_embeds"]), out
 
-    (_, ref_out), ref_grad = jax.jit(jax.value_and_grad(loss, has_aux=True),
-                                     static_argnums=1)(params, 1)
+    run = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+    reference = run(params, 1)
     # 2: a remainder block after the loop; 4: more than the layers (all unrolled, as a
     # model-wide setting does for its shorter tower)
     for unroll in (2, 3, 4):
-        (_, out), grad = jax.jit(jax.value_and_grad(loss, has_aux=True),
-                                 static_argnums=1)(params, unroll)
-        for key in ("image_embeds", "text_embeds"):
-            np.testing.assert_allclose(out[key], ref_out[key], atol=1e-6, err_msg=key)
-        for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grad),
-                                jax.tree.leaves(ref_grad), strict=True):
-            np.testing.assert_allclose(g, r, atol=1e-6 + 1e-5 * np.abs(r).max(), rtol=0,
-                                       err_msg=f"unroll {unroll} {path}")
+        _assert_same_model(run(params, unroll), reference, f"unroll {unroll}")
 
 
 @pytest.mark.parametrize("unroll", [0, 1.5])
