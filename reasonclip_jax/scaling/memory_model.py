@@ -59,7 +59,7 @@ import ml_collections
 import numpy as np
 
 from reasonclip_jax.models.clip import CLIP, ModelConfig, init_params
-from reasonclip_jax.models.layers import ACTIVATIONS
+from reasonclip_jax.models.layers import ACTIVATIONS, REMAT_POLICIES, Attention, Mlp
 from reasonclip_jax.parallel import sharding
 from reasonclip_jax.train import optimizer, stages, trainer
 
@@ -91,8 +91,14 @@ class Breakdown:
 
     @property
     def backward(self) -> float:
-        return (self.gradients + self.activations + self.recomputation + self.loss
-                + self.gradcache_embeddings)
+        """The backward pass at its height, in one of two phases: the loss's (its
+        temporaries beside every saved activation) or the towers' (the gradients and the
+        layer being recomputed beside the saved activations). GradCache takes the loss on
+        the micro-batches' embeddings before any tower's backward pass."""
+        towers = self.gradients + self.recomputation
+        if self.gradcache_embeddings:
+            return self.gradcache_embeddings + max(self.loss, towers + self.activations)
+        return self.activations + max(self.loss, towers)
 
     @property
     def resident(self) -> float:
@@ -120,13 +126,18 @@ def _tree_bytes(tree: Any, platform: str = "tpu") -> int:
                for x in jax.tree.leaves(tree))
 
 
+def _is_attention_weights(x: jax.ShapeDtypeStruct) -> bool:
+    """Attention's [..., L, L] logits or softmax: the only square minor pair a tower saves."""
+    return len(x.shape) >= 2 and x.shape[-1] == x.shape[-2]
+
+
 def _activation_bytes(x: jax.ShapeDtypeStruct, platform: str) -> int:
     """Bytes of one saved activation. TPUs store the two minor dimensions of an array in
     tiles of 8 x 128; XLA lays activations out with a batch-sized dimension minor, which
     needs no padding, except the attention weights [..., L, L], whose L x L it keeps minor
     for the softmax: L is padded to multiples of 8 and 128 there."""
     shape = x.shape
-    if platform == "tpu" and len(shape) >= 2 and shape[-1] == shape[-2]:
+    if platform == "tpu" and _is_attention_weights(x):
         shape = (*shape[:-2], -(-shape[-2] // 8) * 8, -(-shape[-1] // 128) * 128)
     return math.prod(shape) * _stored_itemsize(x.dtype, platform)
 
@@ -207,49 +218,64 @@ def gradient_tree_per_device(model_config: ModelConfig, category_heads: int,
     return float(sum(jax.tree.leaves(per_leaf)))
 
 
-def residual_bytes(fn: Any, params: Any, inputs: jax.ShapeDtypeStruct, platform: str) -> int:
+def residual_bytes(fn: Any, params: Any, inputs: jax.ShapeDtypeStruct, platform: str,
+                   attention_weights: bool = True) -> int:
     """Bytes of what `jax.vjp` of `fn(params, inputs)` with respect to the params saves for
-    the backward pass (traced on shapes only)."""
+    the backward pass (traced on shapes only); without the attention weights if not
+    `attention_weights`."""
     pullback = jax.eval_shape(lambda p, x: jax.vjp(lambda q: fn(q, x), p)[1], params, inputs)
-    return sum(_activation_bytes(x, platform) for x in jax.tree.leaves(pullback))
+    return sum(_activation_bytes(x, platform) for x in jax.tree.leaves(pullback)
+               if attention_weights or not _is_attention_weights(x))
 
 
 @functools.lru_cache(maxsize=64)
 def activations_per_example(model_config: ModelConfig, dtype: str, remat_policy: str,
                             image_size: int, context_length: int, texts: int,
                             image_dtype: str, platform: str, attention_impl: str
-                            ) -> tuple[float, float]:
+                            ) -> tuple[float, float, float]:
     """(saved bytes per example of both towers, the larger tower's one-layer recomputation
-    per example) under the remat policy; per example = the difference between 2 and 1
-    examples, so the params (also saved) cancel out."""
+    per example, the attention weights among the saved bytes) under the remat policy; per
+    example = the difference between 2 and 1 examples, so the params (also saved) cancel
+    out."""
     model = CLIP(model_config, dtype=jnp.dtype(dtype), remat_policy=remat_policy,
                  attention_impl=attention_impl)
     params = nn.unbox(jax.eval_shape(functools.partial(init_params, model), jax.random.key(0)))
     pixels = jnp.uint8 if image_dtype == "uint8" else jnp.float32
 
-    def tower_bytes(m: CLIP, tower: str, n: int) -> int:
+    def tower_bytes(m: CLIP, tower: str, n: int, weights: bool) -> int:
         if tower == "image":
             x = jax.ShapeDtypeStruct((n, image_size, image_size, 3), pixels)
             fn = lambda p, x: m.apply({"params": p}, images=x)["image_embeds"]  # noqa: E731
         else:
             x = jax.ShapeDtypeStruct((n, context_length), jnp.int32)
             fn = lambda p, x: m.apply({"params": p}, tokens=x)["text_embeds"]  # noqa: E731
-        return residual_bytes(fn, params, x, platform)
+        return residual_bytes(fn, params, x, platform, weights)
 
-    def per_example(m: CLIP, tower: str) -> float:
-        return float(tower_bytes(m, tower, 2) - tower_bytes(m, tower, 1))
+    def per_example(m: CLIP, tower: str, weights: bool = True) -> float:
+        return float(tower_bytes(m, tower, 2, weights) - tower_bytes(m, tower, 1, weights))
+
+    def both(per_tower: dict[str, float]) -> float:
+        return per_tower["image"] + texts * per_tower["text"]
 
     saved = {t: per_example(model, t) for t in ("image", "text")}
+    without_weights = {t: per_example(model, t, weights=False) for t in saved}
     layers = {"image": model.config.vision_layers, "text": model.config.text_layers}
     recompute = 0.0
-    # A layer's backward pass recomputes what the policy did not save. XLA's CPU backend
-    # materialises all of it; TPUs and GPUs fuse the elementwise work into its consumers,
-    # so only the matmul outputs ("dots") of the layer exist at once.
-    recomputed = "none" if platform == "cpu" else "dots"
-    if model.remat_policy not in ("none", recomputed):
-        whole = dataclasses.replace(model, remat_policy=recomputed)
-        recompute = max(max(per_example(whole, t) - saved[t], 0.0) / layers[t]
-                        * (texts if t == "text" else 1) for t in saved)
+    if model.remat_policy != "none" and platform != "cpu":
+        # A layer's backward pass recomputes what the policy did not save; XLA schedules
+        # each block's recomputation (attention's, the MLP's) just before that block's own
+        # backward pass, so one block's worth exists at a time.
+        tokens = {"image": (image_size // model_config.patch_size) ** 2 + 1,
+                  "text": context_length}
+        recompute = max(max(block_recompute_per_example(
+            model_config, dtype, model.remat_policy, t, tokens[t], platform, attention_impl,
+            block) for block in ("attention", "mlp")) * (texts if t == "text" else 1)
+            for t in ("image", "text"))
+    elif model.remat_policy != "none":
+        # XLA's CPU backend materialises the whole layer's recomputation at once.
+        recompute = max(max(per_example(dataclasses.replace(model, remat_policy="none"), t)
+                            - saved[t], 0.0) / layers[t] * (texts if t == "text" else 1)
+                        for t in saved)
     if platform == "cpu":
         # Every policy: a layer's backward pass recomputes the MLP activation from its
         # input (models/layers.py), and XLA's CPU backend materialises what autodiff of
@@ -257,7 +283,39 @@ def activations_per_example(model_config: ModelConfig, dtype: str, remat_policy:
         recompute += sum(activation_recompute_per_example(
             model_config, dtype, t, image_size, context_length) * (texts if t == "text" else 1)
             for t in ("image", "text"))
-    return saved["image"] + texts * saved["text"], recompute
+    return both(saved), recompute, both(saved) - both(without_weights)
+
+
+@functools.lru_cache(maxsize=64)
+def block_recompute_per_example(model_config: ModelConfig, dtype: str, remat_policy: str,
+                                tower: str, tokens: int, platform: str, attention_impl: str,
+                                block: str) -> float:
+    """Bytes per example that one layer's attention or MLP block recomputes under the remat
+    policy: what autodiff of the block keeps without remat less what the policy saves. On
+    TPUs without the attention weights: XLA recomputes them inside attention's fused
+    backward pass from the queries and keys."""
+    width, heads, mlp_dim = (
+        (model_config.vision_width, model_config.vision_heads, model_config.vision_mlp_dim)
+        if tower == "image" else
+        (model_config.text_width, model_config.text_heads, model_config.text_mlp_dim))
+    dtype_ = jnp.dtype(dtype)
+    if block == "attention":
+        cls, args = Attention, (width, heads, dtype_, tower == "text", attention_impl)
+    else:
+        cls, args = Mlp, (width, mlp_dim, model_config.act, dtype_)
+    plain = cls(*args)
+    rematted = nn.remat(cls, policy=REMAT_POLICIES[remat_policy])(*args)
+    x1 = jax.ShapeDtypeStruct((1, tokens, width), dtype_)
+    params = nn.unbox(jax.eval_shape(plain.init, jax.random.key(0), x1))["params"]
+    weights = platform != "tpu"
+
+    def kept(module: nn.Module, n: int) -> int:
+        x = jax.ShapeDtypeStruct((n, tokens, width), dtype_)
+        fn = lambda p, x: module.apply({"params": p}, x)  # noqa: E731
+        return residual_bytes(fn, params, x, platform, weights)
+
+    per_example = {m: kept(m, 2) - kept(m, 1) for m in (plain, rematted)}
+    return float(max(per_example[plain] - per_example[rematted], 0))
 
 
 def activation_recompute_per_example(model_config: ModelConfig, dtype: str, tower: str,
@@ -311,7 +369,7 @@ def estimate(config: ml_collections.ConfigDict, num_devices: int, platform: str,
     labels = 4 * (1 + 5) if stage.category_heads else 0
     inputs = local * (size * size * 3 * image_bytes + texts * length * 4 + labels)
 
-    saved, recompute = activations_per_example(
+    saved, recompute, attention_weights = activations_per_example(
         model_config, config.model.dtype, config.model.remat_policy, size, length, texts,
         config.input.image_dtype, platform, config.model.attention_impl)
     micro_batch = local // micro
@@ -319,12 +377,18 @@ def estimate(config: ml_collections.ConfigDict, num_devices: int, platform: str,
     gradients = gradient_tree_per_device(model_config, stage.category_heads,
                                          tuple(sorted(mesh_sizes.items())), platform)
     gradcache = micro > 1 and config.grad_accum.mode == "gradcache"
+    if gradcache and platform == "tpu":
+        # GradCache's second pass differentiates each micro-batch's towers inside its loop.
+        # There XLA's TPU program recomputes the attention weights instead of keeping them,
+        # and adds the micro-batch's gradients into the running sum: the live ranges at its
+        # peak (`--xla_dump_to`) hold one float32 tree of the params' shape, not two.
+        saved -= attention_weights
     embed_dim = model_config.embed_dim
     return Breakdown(
         params=params,
         optimizer_state=optimizer_state,
         inputs=inputs,
-        gradients=(2 if gradcache else 1) * gradients,
+        gradients=(2 if gradcache and platform != "tpu" else 1) * gradients,
         activations=micro_batch * saved,
         recomputation=micro_batch * recompute,
         loss=loss_bytes(config.loss.kind, config.loss.impl, local, global_batch, embed_dim,
