@@ -2,7 +2,8 @@
 
 Compiles (never runs) the step of each case ahead of time, on 8 simulated CPU devices or for
 a TPU topology through libtpu, and prints XLA's peak bytes per device (arguments + outputs -
-aliased + temporaries) beside the analytic breakdown (`reasonclip_jax/scaling/memory_model.py`)
+aliased + temporaries; on TPUs XLA's own peak, with that sum in the last column) beside the
+analytic breakdown (`reasonclip_jax/scaling/memory_model.py`)
 as a Markdown table. A case is PRESET:GLOBAL_BATCH:IMPL:REMAT:MICRO_BATCHES[:sigmoid].
 
     python bench/bench_memory_plan.py [--target cpu | v5e:2x2] [--cases tiny:512:gather:none:1]
@@ -56,19 +57,23 @@ def main() -> None:
               else compiled_memory.tpu_target(args.target))
     print(f"{target.name}, {target.num_devices} devices; bf16 model, stage 1, MiB per device\n")
     print("| case | compiled peak | analytic | analytic / compiled | params + state | "
-          "gradients | activations | recompute | loss | update | compile s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "gradients | activations | recompute | loss | update | compile s | "
+          "args + out - aliased + temp |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for case in args.cases.split(","):
         c = case_config(case)
         start = time.perf_counter()
         compiled = compiled_memory.compile_step(c, target.devices)
         seconds = time.perf_counter() - start
         e = memory_model.estimate(c, target.num_devices, target.platform, target.num_slices)
+        by_sum = (compiled.argument_bytes + compiled.output_bytes - compiled.alias_bytes
+                  + compiled.temp_bytes)
         print(f"| {case} | {compiled.peak_bytes / MiB:,.0f} | {e.peak / MiB:,.0f} | "
               f"{e.peak / compiled.peak_bytes:.3f} | "
               f"{(e.params + e.optimizer_state) / MiB:,.0f} | {e.gradients / MiB:,.0f} | "
               f"{e.activations / MiB:,.0f} | {e.recomputation / MiB:,.0f} | "
-              f"{e.loss / MiB:,.0f} | {e.update / MiB:,.0f} | {seconds:.0f} |", flush=True)
+              f"{e.loss / MiB:,.0f} | {e.update / MiB:,.0f} | {seconds:.0f} | "
+              f"{by_sum / MiB:,.0f} |", flush=True)
 
 
 if __name__ == "__main__":

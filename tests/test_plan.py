@@ -151,3 +151,11 @@ def test_out_of_memory_message_of_the_tpu_compiler():
     assert compiled_memory.out_of_memory_bytes("INTERNAL: something else") is None
     refused = compiled_memory.CompiledMemory(0, 0, 0, 5 * GiB, out_of_memory=True)
     assert refused.peak_bytes == 5 * GiB
+
+
+def test_the_compilers_own_peak_replaces_the_sum_where_it_reports_one():
+    by_sum = compiled_memory.CompiledMemory(3 * GiB, 2 * GiB, 2 * GiB, 6 * GiB)
+    assert by_sum.peak_bytes == 9 * GiB
+    on_tpu = compiled_memory.CompiledMemory(3 * GiB, 2 * GiB, 2 * GiB, 6 * GiB,
+                                            compiler_peak_bytes=7 * GiB)
+    assert on_tpu.peak_bytes == 7 * GiB

@@ -8,16 +8,24 @@ Bytes per device, for a config on `num_devices` devices of a platform:
   them, data replicates them); the state mirrors the params (Adam's two moments, the
   L2-to-init anchor).
 - inputs: the per-device slice of the global batch (uint8 images, int32 tokens, labels).
-- backward pass, everything alive at its height:
-  - gradients: float32, the params' per-device size; GradCache holds two (the running sum
-    over micro-batches and the current micro-batch's);
+- backward pass, at the height of its two phases: the loss's (the loss's temporaries beside
+  every saved activation) and the towers' (the gradients and the layer being recomputed
+  beside the saved activations); under GradCache the loss is taken on the micro-batches'
+  embeddings before the towers' backward pass, which holds one micro-batch's activations:
+  - gradients: float32, the params' per-device size; GradCache holds two on CPUs and GPUs
+    (the running sum over micro-batches and the current micro-batch's), one on TPUs (XLA
+    adds the micro-batch's into the sum; the live ranges at its peak hold one);
   - activations: the residuals autodiff keeps for the backward pass under the remat policy,
     counted exactly by JAX (`jax.vjp`'s saved values of each tower, under `jax.eval_shape`),
-    per example, times the examples of one micro-batch;
-  - recomputation: with remat, the backward pass of a layer recomputes what was not saved,
-    one layer of the larger tower at a time; on CPUs, under every policy, also one layer's
-    MLP activation per tower (the MLP recomputes it from its input, `models/layers.py`, and
-    XLA's CPU backend materialises what autodiff of the activation keeps);
+    per example, times the examples of one micro-batch; on TPUs under GradCache without the
+    attention weights, which XLA recomputes inside the micro-batch loop;
+  - recomputation: with remat, a layer's backward pass recomputes what was not saved. On
+    TPUs and GPUs one block (attention or the MLP) of the larger tower at a time, each
+    just before its own backward pass, and on TPUs without the attention weights (XLA
+    recomputes them inside attention's fused backward). On CPUs the whole layer at once,
+    and, under every policy, one layer's MLP activation per tower (the MLP recomputes it
+    from its input, `models/layers.py`, and XLA's CPU backend materialises what autodiff
+    of the activation keeps);
   - the loss: gather keeps n x N logits per text field (n local rows, N global), the rings
     a few n x n blocks, the tiled ring a few tile^2 tiles, all in float32, plus their n x D
     embeddings; the constants are XLA's own figures for the losses alone
@@ -37,8 +45,9 @@ the buffer assignment of ViT-B-32's step compiled for v5e). ViT-B-32's float32 t
 Platforms count bytes as their compilers store them: XLA's CPU backend has no bfloat16
 arithmetic and computes (and keeps) bfloat16 values in float32; TPUs and GPUs keep them in
 bfloat16. `reasonclip_jax/scaling/compiled_memory.py` gives the compiled figure this model
-explains (`python -m reasonclip_jax.plan` prints both). On several slices (`mesh.dcn`) the
-mesh is the one the trainer builds over all of them (`sharding.job_mesh_shape`).
+explains, on TPUs XLA's own peak (`python -m reasonclip_jax.plan` prints both). On several
+slices (`mesh.dcn`) the mesh is the one the trainer builds over all of them
+(`sharding.job_mesh_shape`).
 
     python -c "from configs.sweeps import tiny; from reasonclip_jax.scaling import \
 memory_model; print(memory_model.estimate(tiny.get_config('/tmp/s').base, 1, 'cpu'))"
