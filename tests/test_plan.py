@@ -159,3 +159,11 @@ def test_the_compilers_own_peak_replaces_the_sum_where_it_reports_one():
     on_tpu = compiled_memory.CompiledMemory(3 * GiB, 2 * GiB, 2 * GiB, 6 * GiB,
                                             compiler_peak_bytes=7 * GiB)
     assert on_tpu.peak_bytes == 7 * GiB
+
+
+def test_the_largest_batch_search_keeps_whole_loss_tiles():
+    c = common.base_config()
+    c.loss.impl, c.loss.tile_size = "tiled_ring", 1024
+    assert plan.loss_rows(c, 3711) == 3072 and plan.loss_rows(c, 1000) == 1000
+    c.loss.impl = "ring"
+    assert plan.loss_rows(c, 3711) == 3711

@@ -151,9 +151,19 @@ def largest_batch(config: ml_collections.ConfigDict, target: Target, micro_batch
         middle = (low + high) // 2
         low, high = (middle, high) if fits(middle) else (low, middle)
     # The compiled figure has the last word: step down while it does not fit.
+    low = loss_rows(config, low)
     while low >= 1:
         plan = evaluate(config, target, low * unit, micro_batches)
         if plan.fits is not False:
             return plan
-        low = int(low * 0.9)
+        low = loss_rows(config, int(low * 0.9))
     return None
+
+
+def loss_rows(config: ml_collections.ConfigDict, rows: int) -> int:
+    """The most rows per device, at most `rows`, that the loss takes: the tiled ring wants
+    whole tiles once a device holds more than one."""
+    tile = config.loss.tile_size
+    if config.loss.impl != "tiled_ring" or rows <= tile:
+        return rows
+    return rows - rows % tile
