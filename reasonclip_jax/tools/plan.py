@@ -16,9 +16,10 @@ it at 1), else this machine's devices (8 simulated CPU devices with
 XLA_FLAGS=--xla_force_host_platform_device_count=8) with `--device-memory`, or, with
 `--devices N`, N devices nothing is compiled for. For each global batch it prints the fewest
 GradCache micro-batches that fit, XLA's peak bytes per device (arguments + outputs -
-aliased + temporaries) and the analytic breakdown; then the largest global batch that fits
-without micro-batches. `--sweep` takes a sweep config and plans its batch sizes on its base;
-`--nocompile` keeps to the analytic model (a pod's topology takes minutes per compile here).
+aliased + temporaries; on TPUs the compiler's own peak) and the analytic breakdown; then
+the largest global batch that fits without micro-batches. `--sweep` takes a sweep config and
+plans its batch sizes on its base; `--nocompile` keeps to the analytic model (a pod's
+topology takes minutes per compile here).
 """
 
 from __future__ import annotations
