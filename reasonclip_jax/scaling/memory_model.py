@@ -267,7 +267,9 @@ def activations_per_example(model_config: ModelConfig, dtype: str, remat_policy:
         return per_tower["image"] + texts * per_tower["text"]
 
     saved = {t: per_example(model, t) for t in ("image", "text")}
-    without_weights = {t: per_example(model, t, weights=False) for t in saved}
+    # Only TPUs leave the attention weights out (under GradCache, below in `estimate`).
+    without_weights = ({t: per_example(model, t, weights=False) for t in saved}
+                       if platform == "tpu" else saved)
     layers = {"image": model.config.vision_layers, "text": model.config.text_layers}
     recompute = 0.0
     if model.remat_policy != "none" and platform != "cpu":
